@@ -1,0 +1,90 @@
+"""One small generic registry, used for estimators, losses, rewards, engines.
+
+A name is either registered (`@ADVANTAGES.register("grpo")`) or, for user
+code, an import path: `package.module:function` or `path/to/file.py:function`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class RegistryError(KeyError):
+    """Lookup failure; the message names the valid choices."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._items[name] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> T:
+        if name in self._items:
+            return self._items[name]
+        if ":" in name:
+            return load_import_path(name)  # type: ignore[return-value]
+        close = difflib.get_close_matches(name, self._items, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise RegistryError(
+            f"unknown {self.kind} {name!r}.{hint} Valid names: {', '.join(sorted(self._items))}"
+            f" (or an import path 'pkg.module:fn' / 'file.py:fn')."
+        )
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._items))
+
+
+def load_import_path(spec: str) -> object:
+    """Resolve `pkg.mod:attr` or `some/file.py:attr`, with errors that say what to fix."""
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise RegistryError(f"import path {spec!r} must look like 'pkg.module:name' or 'file.py:name'")
+    if target.endswith(".py"):
+        path = Path(target).expanduser()
+        if not path.is_file():
+            raise RegistryError(f"import path {spec!r}: file {str(path)!r} does not exist")
+        mod_name = f"rlft_user_{abs(hash(str(path.resolve())))}"
+        module = sys.modules.get(mod_name)
+        if module is None:
+            file_spec = importlib.util.spec_from_file_location(mod_name, path)
+            assert file_spec is not None and file_spec.loader is not None
+            module = importlib.util.module_from_spec(file_spec)
+            sys.modules[mod_name] = module
+            file_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise RegistryError(f"import path {spec!r}: cannot import {target!r} ({exc})") from exc
+    if not hasattr(module, attr):
+        public = [n for n in dir(module) if not n.startswith("_")]
+        raise RegistryError(
+            f"import path {spec!r}: {target!r} defines no {attr!r}. It defines: {', '.join(public)}"
+        )
+    return getattr(module, attr)
