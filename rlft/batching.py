@@ -1,0 +1,70 @@
+"""ScoredRollouts -> TrainBatch: padding, masks, outcome rewards, advantages.
+
+This is the "advantages" stage of the loop. It is algorithm-blind: the
+estimator comes from the spec by name, and per-token reward terms (e.g. a KL
+penalty in the reward) are passed in as tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlft.algos.base import ADVANTAGES, AdvantageInputs, AdvantageParams
+from rlft.types import ScoredRollouts, TrainBatch
+
+
+def collate(scored: ScoredRollouts, pad_id: int) -> tuple[TrainBatch, torch.Tensor]:
+    """Right-pad prompt+response rows; returns the batch (advantages still zero)
+    and the outcome rewards placed on each row's last response token."""
+    ro = scored.rollouts
+    rows = [list(p) + list(r) for p, r in zip(ro.prompt_ids, ro.response_ids)]
+    B, L = len(rows), max(len(r) for r in rows)
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)  # [B, L]
+    attention = torch.zeros(B, L, dtype=torch.bool)
+    response = torch.zeros(B, L, dtype=torch.bool)
+    prefix = torch.zeros(B, L, dtype=torch.bool)
+    rollout_lp = torch.zeros(B, L)
+    token_rewards = torch.zeros(B, L)
+    for b, row in enumerate(rows):
+        p, r = len(ro.prompt_ids[b]), len(ro.response_ids[b])
+        input_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention[b, : len(row)] = True
+        response[b, p : p + r] = True
+        prefix[b, p : p + ro.prefix_len[b]] = True
+        if ro.rollout_logprobs[b]:
+            rollout_lp[b, p : p + r] = torch.tensor(ro.rollout_logprobs[b])
+        if r > 0:
+            token_rewards[b, p + r - 1] = float(scored.rewards[b])
+    expert = torch.tensor(ro.expert or (False,) * B, dtype=torch.bool)
+    batch = TrainBatch(
+        input_ids=input_ids,
+        attention_mask=attention,
+        response_mask=response,
+        advantages=torch.zeros(B, L),
+        group_id=torch.tensor(ro.group_id, dtype=torch.long),
+        policy_version=ro.policy_version,
+        rollout_logprobs=rollout_lp,
+        prefix_mask=prefix,
+        expert_mask=expert,
+    )
+    return batch, token_rewards
+
+
+def with_advantages(
+    batch: TrainBatch,
+    token_rewards: torch.Tensor,  # [B, L]
+    estimator: str,
+    params: AdvantageParams,
+) -> TrainBatch:
+    """Run the named estimator over the sampled (non-expert) rows.
+
+    Demonstration rows carry no advantage: their loss terms (SFT, CHORD's
+    expert term) do not use one, and they must not shift a group's baseline.
+    """
+    fn = ADVANTAGES.get(estimator)
+    policy_rows = ~batch.expert_mask if batch.expert_mask is not None else None
+    mask = batch.response_mask & policy_rows[:, None] if policy_rows is not None \
+        else batch.response_mask
+    out = fn(AdvantageInputs(token_rewards=token_rewards * mask, response_mask=mask,
+                             group_id=batch.group_id, values=batch.values), params)
+    return batch.with_(advantages=out.advantages, returns=out.returns)

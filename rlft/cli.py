@@ -1,0 +1,95 @@
+"""`rlft` command line: train, reward check, export, config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rlft.config import Config, ConfigError, describe, load_config, to_yaml
+
+USAGE = """rlft COMMAND ...
+
+commands:
+  train [CONFIG.yaml] [key.sub=value ...] [--resume auto|CKPT] [--print-config]
+  reward check REWARD --data FILE [--completions FILE]   (see rlft reward check -h)
+  export RUN_DIR OUT_DIR                                    Hugging Face folder of the newest checkpoint
+  config                                                    every config key, its default and meaning
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    try:
+        if cmd == "train":
+            return _train(rest)
+        if cmd == "reward" and rest[:1] == ["check"]:
+            from rlft.reward_check import main as reward_check
+
+            return reward_check(rest[1:])
+        if cmd == "export":
+            return _export(rest)
+        if cmd == "config":
+            for path, default, help_ in describe(Config):
+                print(f"{path:32} {default:28} {help_}")
+            return 0
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    print(f"unknown command {' '.join(argv[:2])!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+def _train(args: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="rlft train")
+    p.add_argument("items", nargs="*", help="optional CONFIG.yaml, then key.sub=value overrides")
+    p.add_argument("--resume", default=None, help="'auto' (newest complete checkpoint) or a path")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    ns = p.parse_args(args)
+    path = ns.items[0] if ns.items and "=" not in ns.items[0] else None
+    overrides = ns.items[1:] if path else ns.items
+    cfg = load_config(path, overrides)
+    if ns.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    import ray.exceptions
+
+    from rlft.controller import Trainer
+
+    trainer = Trainer(cfg, resume=ns.resume)
+    try:
+        history = trainer.train()
+    except ray.exceptions.RayActorError as exc:
+        print(f"\nA worker died: {exc}\nThe last complete checkpoint is intact; continue with:\n"
+              f"  rlft train {' '.join(args)} --resume auto", file=sys.stderr)
+        return 1
+    finally:
+        trainer.close()
+    if history:
+        k = min(5, len(history))
+        first = sum(m.reward_mean for m in history[:k]) / k
+        last = sum(m.reward_mean for m in history[-k:]) / k
+        print(f"done: {len(history)} steps, mean reward first {k} {first:.3f} -> last {k} "
+              f"{last:.3f}; run folder {trainer.run.path}")
+    return 0
+
+
+def _export(args: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="rlft export")
+    p.add_argument("run_dir")
+    p.add_argument("out_dir")
+    ns = p.parse_args(args)
+    from rlft.export import export_run
+
+    out = export_run(ns.run_dir, ns.out_dir)
+    print(f"exported {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Typed, validated run configuration: YAML file + `key.sub=value` overrides.
+
+Every field is documented once, in its `doc(...)` help text, which
+`rlft train --print-config` and the README table show. Validation happens
+before any model is loaded: unknown keys, wrong types and out-of-range values
+fail with the field path, the valid choices and a close-match suggestion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Bad configuration; the message names the field path and the fix."""
+
+
+def doc(default: Any, help: str, *, choices: tuple = (), lo: float | None = None,
+        hi: float | None = None) -> Any:
+    """A dataclass field with help text and validation bounds in its metadata."""
+    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi}
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: _copy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _copy(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return dataclasses.replace(value)
+    return type(value)(value)
+
+
+@dataclass
+class ModelConfig:
+    name: str = doc("smollm2-135m-instruct", "Policy model: a built-in alias (smollm2-135m-instruct, "
+                    "tiny-random), a local Hugging Face folder, or a hub id.")
+    ref_name: str | None = doc(None, "Reference model for KL; default: the policy's initial weights.")
+    dtype: str = doc("float32", "Parameter dtype of the learner.", choices=("float32", "bfloat16"))
+    grad_checkpointing: bool = doc(False, "Recompute activations in backward to save memory.")
+
+
+@dataclass
+class DataConfig:
+    source: str = doc("builtin:arithmetic", "Training data: builtin:<task> (arithmetic, json_extract, "
+                      "tool_call), a .jsonl/.json/.parquet file or folder, or a hub dataset name.")
+    train_split: str = doc("train", "Split used for training.")
+    eval_split: str = doc("eval", "Held-out split used by evaluation.")
+    prompt_field: str = doc("prompt", "Column holding the prompt (a string or chat messages).")
+    field_map: dict = doc({}, "Rename dataset columns to rlft's names, e.g. {question: prompt}.")
+    system_prompt: str | None = doc(None, "Optional system message prepended to every prompt.")
+    max_prompt_tokens: int = doc(256, "Prompts longer than this are bad rows.", lo=1)
+    on_bad_row: str = doc("error", "What to do with a malformed row.", choices=("error", "skip"))
+    shuffle: bool = doc(True, "Shuffle prompts each epoch (seeded by train.seed).")
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = doc("auto", "Rollout engine: vllm, hf (transformers), or auto (vllm when it "
+                      "imports, else hf).", choices=("auto", "vllm", "hf"))
+    num_workers: int = doc(1, "Rollout worker actors; prompts are split between them.", lo=1)
+    prompts_per_step: int = doc(8, "Prompts sampled per training step.", lo=1)
+    n: int = doc(8, "Samples per prompt (the group size G).", lo=1)
+    temperature: float = doc(1.0, "Sampling temperature (0 = greedy).", lo=0.0)
+    top_p: float = doc(1.0, "Nucleus sampling mass.", lo=0.0, hi=1.0)
+    max_new_tokens: int = doc(64, "Response length cap in tokens.", lo=1)
+    stop: list = doc([], "Extra stop strings (EOS always stops).")
+    max_batch: int = doc(64, "Sequences generated together by one engine call.", lo=1)
+
+
+@dataclass
+class RewardTermConfig:
+    name: str = doc("accuracy", "Reward: a built-in name or an import path file.py:fn / pkg.mod:fn.")
+    weight: float = doc(1.0, "Weight of this term in the total reward.")
+    kwargs: dict = doc({}, "Keyword arguments passed to the reward function.")
+
+
+@dataclass
+class RewardConfig:
+    terms: list[RewardTermConfig] = doc([RewardTermConfig()], "Reward terms, summed with weights.")
+    num_workers: int = doc(1, "Reward processes (0 = score in-process).", lo=0)
+    timeout_s: float = doc(10.0, "Time limit per reward call; a hung call gets the fallback.", lo=0.01)
+    fallback: float = doc(0.0, "Reward given to a sample whose reward call failed.")
+    max_failure_frac: float = doc(0.5, "Abort when more than this fraction of a batch fails.",
+                                  lo=0.0, hi=1.0)
+
+
+@dataclass
+class AlgoConfig:
+    name: str = doc("grpo", "Algorithm spec (rlft/algos/<name>.py).", choices=("grpo",))
+    advantage: str | None = doc(None, "Override the spec's advantage estimator "
+                                "(grpo, dr_grpo, rloo, reinforce_pp, gae).")
+    eps: float = doc(1e-6, "Std floor in group/batch normalisation.", lo=0.0)
+    gamma: float = doc(1.0, "Discount.", lo=0.0, hi=1.0)
+    lam: float = doc(1.0, "GAE lambda.", lo=0.0, hi=1.0)
+    clip_low: float = doc(0.2, "PPO ratio clip below 1 (epsilon_low).", lo=0.0)
+    clip_high: float = doc(0.2, "PPO ratio clip above 1 (epsilon_high; DAPO clip-higher uses 0.28).",
+                           lo=0.0)
+    dual_clip: float | None = doc(None, "Dual-clip constant c > 1 for negative advantages.", lo=1.0)
+    kl_coef: float = doc(0.0, "Weight of the KL(policy || reference) loss term; 0 disables it "
+                         "and the reference model.", lo=0.0)
+    kl_estimator: str = doc("k3", "KL estimator.", choices=("k1", "k2", "k3"))
+    entropy_coef: float = doc(0.0, "Entropy bonus weight.", lo=0.0)
+    loss_agg: str = doc("token_mean", "How per-token losses are reduced.", choices=(
+        "token_mean", "seq_mean_token_sum", "seq_mean_token_mean", "seq_mean_token_sum_norm"))
+
+
+@dataclass
+class TrainConfig:
+    steps: int = doc(16, "Training steps (one rollout batch and one optimizer step each).", lo=1)
+    seed: int = doc(0, "Seed for data order, sampling and initialisation.")
+    lr: float = doc(2e-6, "Peak learning rate.", lo=0.0)
+    lr_schedule: str = doc("constant", "Decay after warm-up.", choices=("constant", "cosine", "linear"))
+    warmup_steps: int = doc(0, "Linear learning-rate warm-up steps.", lo=0)
+    weight_decay: float = doc(0.0, "AdamW weight decay.", lo=0.0)
+    max_grad_norm: float = doc(1.0, "Gradient clipping norm.", lo=0.0)
+    micro_batch_tokens: int = doc(4096, "Token budget of one learner micro-batch (padded).", lo=1)
+    learner_workers: int = doc(1, "Learner ranks (FSDP data-parallel world size).", lo=1)
+    max_nonfinite_steps: int = doc(3, "Abort after this many NaN/inf updates in a row.", lo=1)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = doc(0, "Save every N steps (0 = only at the end).", lo=0)
+    keep: int = doc(2, "Complete checkpoints to keep.", lo=1)
+
+
+@dataclass
+class LoggingConfig:
+    run_dir: str = doc("runs", "Folder that holds run folders.")
+    run_name: str | None = doc(None, "Run folder name; default: <algo>-<timestamp>.")
+    loggers: list = doc(["console", "jsonl"], "Metric sinks: console, jsonl, wandb.")
+    wandb_project: str = doc("rlft", "wandb project (offline unless a key is configured).")
+
+
+@dataclass
+class RayConfig:
+    address: str | None = doc(None, "Ray cluster to join; default: RAY_ADDRESS, else a local one.")
+    num_cpus: int | None = doc(None, "CPUs for a local cluster (default: all).", lo=1)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = doc(ModelConfig(), "Policy model.")
+    data: DataConfig = doc(DataConfig(), "Prompts.")
+    rollout: RolloutConfig = doc(RolloutConfig(), "Sampling.")
+    reward: RewardConfig = doc(RewardConfig(), "Rewards.")
+    algo: AlgoConfig = doc(AlgoConfig(), "Algorithm.")
+    train: TrainConfig = doc(TrainConfig(), "Optimisation.")
+    checkpoint: CheckpointConfig = doc(CheckpointConfig(), "Checkpoints.")
+    logging: LoggingConfig = doc(LoggingConfig(), "Metrics.")
+    ray: RayConfig = doc(RayConfig(), "Cluster.")
+
+
+VALID_LOGGERS = ("console", "jsonl", "wandb")
+
+
+def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
+    """YAML file (optional) then `a.b=value` overrides (values parsed as YAML)."""
+    raw: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {path!r} does not exist")
+        raw = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path!r} must hold a mapping at the top level")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
+    cfg = _build(Config, raw, "")
+    _check_cross_fields(cfg)
+    return cfg
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, path: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" Did you mean {_join(path, close[0])!r}?" if close else ""
+            raise ConfigError(f"unknown config key {_join(path, key)!r}.{hint} "
+                              f"Valid keys here: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in raw:
+            kwargs[name] = _coerce(hints[name], raw[name], _join(path, name), f.metadata)
+    return cls(**kwargs)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _coerce(tp: Any, value: Any, path: str, meta: Any) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if origin is list or tp is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        item = args[0] if args else None
+        if item is not None and dataclasses.is_dataclass(item):
+            return [_build(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return list(value)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    return _scalar(tp, value, path, meta)
+
+
+def _scalar(tp: type, value: Any, path: str, meta: Any) -> Any:
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-6" (no dot) as a string; users mean a number.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = {bool: isinstance(value, bool),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          str: isinstance(value, str)}[tp]
+    if not ok:
+        raise ConfigError(f"{path}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+    value = tp(value)
+    choices = meta.get("choices") or ()
+    if choices and value not in choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{path}: {value!r} is not valid.{hint} Choices: {', '.join(choices)}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise ConfigError(f"{path}: {value!r} is out of range {bounds}")
+    return value
+
+
+def _check_cross_fields(cfg: Config) -> None:
+    for name in cfg.logging.loggers:
+        if name not in VALID_LOGGERS:
+            raise ConfigError(f"logging.loggers: {name!r} is not valid. "
+                              f"Choices: {', '.join(VALID_LOGGERS)}")
+    if not cfg.reward.terms:
+        raise ConfigError("reward.terms is empty: name at least one reward, e.g. "
+                          "reward.terms=[{name: accuracy}]")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(path, default, help) rows for every leaf field: the README table and --help-config."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        path = _join(prefix, f.name)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default) and not isinstance(default, list):
+            rows.extend(describe(type(default), path))
+        else:
+            rows.append((path, repr(default), f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,67 @@
+"""The only place that touches `ray.remote` and cluster resources.
+
+Workers (`RolloutWorker`, `RewardService`, `Learner`) are plain classes; this
+module turns them into actors. The CPU default is one cluster of small actors
+that run one after another (the loop is synchronous), so actors reserve no CPUs
+and torch threads are set per actor instead of by Ray's scheduler.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+
+def init_ray(address: str | None, num_cpus: int | None) -> None:
+    """Join `address` (or RAY_ADDRESS); otherwise start a local cluster whose
+    dashboard, if any, listens on loopback only."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    # Ray sets OMP_NUM_THREADS=1 in zero-CPU actors; our actors take turns, so
+    # each may use every core while it runs.
+    threads = str(num_cpus or os.cpu_count() or 1)
+    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": threads}}
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
+                 runtime_env=env, log_to_driver=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def actor(cls: type, *args: Any, num_cpus: float = 0, num_gpus: float = 0,
+          max_restarts: int = 0, **kwargs: Any) -> Any:
+    """Start `cls(*args, **kwargs)` as an actor."""
+    remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
+                        max_task_retries=0)(cls)
+    return remote.remote(*args, **kwargs)
+
+
+@dataclass
+class Pools:
+    """Actor handles for one run."""
+
+    rollout: list[Any]
+    reward: Any
+    learners: list[Any]
+
+    def kill(self) -> None:
+        for handle in [*self.rollout, self.reward, *self.learners]:
+            if handle is not None:
+                ray.kill(handle)
+
+
+def gpus_per_actor() -> float:
+    """One GPU per learner rank / rollout worker on GPU clusters, none on CPU."""
+    resources = ray.cluster_resources()
+    return 1.0 if resources.get("GPU", 0) >= 1 else 0.0
