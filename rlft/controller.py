@@ -114,7 +114,9 @@ class Trainer:
         return stats[0]  # every rank reports the same reduced figures
 
     def sync_weights(self) -> None:
-        update = ray.get(self.pools.learners[0].weight_update.remote(self.version))
+        # Gathering full weights is collective: every rank takes part, rank 0 publishes.
+        update = ray.get([lrn.weight_update.remote(self.version)
+                          for lrn in self.pools.learners])[0]
         ray.get([w.load_weights.remote(update) for w in self.pools.rollout])
 
     # -- helpers ------------------------------------------------------------
