@@ -23,9 +23,22 @@ def ppo_clip(x: LossInputs, clip_low: float = 0.2, clip_high: float = 0.2,
              dual_clip: float | None = None, log_ratio_clamp: float = 20.0) -> LossOutput:
     """Clipped surrogate with clip-higher (eps_low != eps_high) and dual-clip.
 
-    Without `old_logprobs` (one update per batch) the ratio is exactly 1 in
-    value and the gradient is the policy gradient.
+    loss = max(-A*r, -A*clip(r, 1-eps_low, 1+eps_high)); with dual-clip c > 1,
+    tokens with A < 0 are further capped at -c*A so a huge ratio on a bad token
+    cannot dominate the update (Ye et al., 2020). Without `old_logprobs` (one
+    update per batch) the ratio is exactly 1 in value and the gradient is the
+    plain policy gradient. The log-ratio is clamped before `exp` so a stale or
+    masked position cannot overflow to inf.
+
+    Metrics: `clip_frac` (1 where clipping zeroed the token's gradient, either
+    clip), `dual_clip_frac` (1 where the dual clip was the active bound),
+    `ratio`, `approx_kl` (k2 = 0.5*(log r)^2 between old and current policy).
     """
+    if clip_low < 0 or clip_high < 0:
+        raise ValueError(f"ppo_clip: clip_low and clip_high must be >= 0; got {clip_low}, "
+                         f"{clip_high}")
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise ValueError(f"ppo_clip: dual_clip must be > 1 (e.g. 3.0) or None; got {dual_clip}")
     old = x.old_logprobs if x.old_logprobs is not None else x.logprobs.detach()
     log_ratio = (x.logprobs - old).clamp(-log_ratio_clamp, log_ratio_clamp)
     ratio = torch.exp(log_ratio)
@@ -33,17 +46,16 @@ def ppo_clip(x: LossInputs, clip_low: float = 0.2, clip_high: float = 0.2,
     surr1 = -a * ratio
     surr2 = -a * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     loss = torch.maximum(surr1, surr2)
-    clipped = (surr2 > surr1).float()
+    clipped = surr2 > surr1
+    dual = torch.zeros_like(clipped)
     if dual_clip is not None:
-        # Dual-clip (Ye et al.): for A < 0, bound the loss by -c*A so a huge
-        # ratio on a bad token cannot dominate the update.
-        capped = torch.minimum(loss, -a * dual_clip)
-        loss = torch.where(a < 0, capped, loss)
-        clipped = torch.where((a < 0) & (capped < torch.maximum(surr1, surr2)),
-                              torch.ones_like(clipped), clipped)
-    approx_kl = 0.5 * (log_ratio.detach() ** 2)
-    return LossOutput(loss, {"clip_frac": clipped, "ratio": ratio.detach(),
-                             "approx_kl": approx_kl})
+        bound = -a * dual_clip
+        dual = (a < 0) & (bound < loss)
+        loss = torch.where(dual, bound, loss)
+    return LossOutput(loss, {"clip_frac": (clipped | dual).float(),
+                             "dual_clip_frac": dual.float(),
+                             "ratio": ratio.detach(),
+                             "approx_kl": 0.5 * log_ratio.detach() ** 2})
 
 
 @LOSSES.register("sft_ce")
@@ -54,24 +66,35 @@ def sft_ce(x: LossInputs) -> LossOutput:
 
 @LOSSES.register("chord_expert")
 def chord_expert(x: LossInputs, phi: bool = True, cutoff_prob: float | None = None) -> LossOutput:
-    """CHORD's expert term: -phi * log p with phi = p(1-p), p detached.
+    """CHORD's token-weighted expert term: -w * log p, w = p(1-p) with p detached.
 
-    phi down-weights tokens the policy already predicts (p near 1) and tokens it
-    finds implausible (p near 0), so demonstrations shape rather than overwrite
-    the policy. Tokens with p above `cutoff_prob` get weight 0.
+    phi = p(1-p) down-weights tokens the policy already predicts (p near 1) and
+    tokens it finds implausible (p near 0), so demonstrations shape rather than
+    overwrite the policy. `phi=False` gives plain SFT (w = 1). With
+    `cutoff_prob` set, tokens the policy already assigns p > cutoff_prob get
+    w = 0 (strictly greater: p == cutoff keeps its weight); the cutoff applies
+    with or without phi. Metric `phi`: the weight used per token.
     """
+    if cutoff_prob is not None and not 0.0 < cutoff_prob <= 1.0:
+        raise ValueError(f"chord_expert: cutoff_prob must be in (0, 1] or None; got {cutoff_prob}")
     p = torch.exp(x.logprobs.detach())
     weight = p * (1 - p) if phi else torch.ones_like(p)
     if cutoff_prob is not None:
-        weight = torch.where(p > cutoff_prob, torch.zeros_like(weight), weight)
+        weight = torch.where(p > cutoff_prob, 0.0, weight)
     return LossOutput(-weight * x.logprobs, {"phi": weight})
 
 
-def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
-    """Per-token estimate of KL(pi || pi_ref) from samples of pi.
+KL_ESTIMATORS = ("k1", "k2", "k3")
 
-    With log r = log pi - log pi_ref (Schulman, "Approximating KL divergence"):
-    k1 = log r, k2 = (log r)^2 / 2, k3 = exp(-log r) - 1 + log r (unbiased, >= 0).
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from tokens sampled from pi.
+
+    Sign convention (Schulman, "Approximating KL divergence"): with
+    log r = log pi - log pi_ref (the log-ratio of the sampling policy to the
+    reference), k1 = log r (unbiased, can be negative), k2 = (log r)^2 / 2
+    (biased, low variance, >= 0), k3 = exp(-log r) - 1 + log r (unbiased, >= 0).
+    Also used for a KL penalty in the reward (then typically k1).
     """
     log_r = logprobs - ref_logprobs
     if estimator == "k1":
@@ -80,11 +103,12 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
         return 0.5 * log_r**2
     if estimator == "k3":
         return torch.exp(-log_r) - 1 + log_r
-    raise ValueError(f"unknown KL estimator {estimator!r}; choices: k1, k2, k3")
+    raise ValueError(f"unknown KL estimator {estimator!r}; choices: {', '.join(KL_ESTIMATORS)}")
 
 
 @LOSSES.register("kl")
 def kl(x: LossInputs, estimator: str = "k3") -> LossOutput:
+    """KL(pi || pi_ref) penalty as a loss term; metric `kl` is the per-token estimate."""
     ref = _need(x, "ref_logprobs", "kl", "set algo.kl_coef > 0 so a reference model is loaded")
     value = kl_penalty(x.logprobs, ref, estimator)
     return LossOutput(value, {"kl": value.detach()})
@@ -92,18 +116,27 @@ def kl(x: LossInputs, estimator: str = "k3") -> LossOutput:
 
 @LOSSES.register("value_clip")
 def value_clip(x: LossInputs, clip: float = 0.2) -> LossOutput:
-    """PPO value loss 0.5 * max((v - R)^2, (clip(v, v_old +- clip) - R)^2)."""
-    v = _need(x, "values", "value_clip", "the critic must produce values")
+    """PPO value loss 0.5 * max((v - R)^2, (clip(v, v_old - c, v_old + c) - R)^2).
+
+    Without `old_values` the loss is the unclipped 0.5 * (v - R)^2. Metrics:
+    `value_error` = (v - R)^2, `value_clip_frac` = 1 where the clipped branch
+    is the larger (its gradient is then zero).
+    """
+    v = _need(x, "values", "value_clip", "the critic must produce values (PPO needs a critic)")
     ret = _need(x, "returns", "value_clip", "run an estimator that produces returns (gae)")
     loss = (v - ret) ** 2
+    clipped = torch.zeros_like(loss, dtype=torch.bool)
     if x.old_values is not None:
-        clipped = x.old_values + (v - x.old_values).clamp(-clip, clip)
-        loss = torch.maximum(loss, (clipped - ret) ** 2)
-    return LossOutput(0.5 * loss, {"value_error": (v.detach() - ret) ** 2})
+        v_clip = x.old_values + (v - x.old_values).clamp(-clip, clip)
+        loss_clip = (v_clip - ret) ** 2
+        clipped = loss_clip > loss
+        loss = torch.maximum(loss, loss_clip)
+    return LossOutput(0.5 * loss, {"value_error": (v.detach() - ret) ** 2,
+                                   "value_clip_frac": clipped.float()})
 
 
 @LOSSES.register("entropy_bonus")
 def entropy_bonus(x: LossInputs) -> LossOutput:
-    """-entropy: minimising it raises entropy (weight = entropy coefficient)."""
+    """-entropy: minimising it raises entropy (the term's weight is the entropy coefficient)."""
     ent = _need(x, "entropy", "entropy_bonus", "the learner must compute entropy")
     return LossOutput(-ent)
