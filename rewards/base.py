@@ -1,7 +1,14 @@
-"""Registry, the term record, and the value checks shared by every caller."""
+"""Registry, the term record, signature checks, and the value checks every caller shares.
+
+Torch-free on purpose: reward processes import this module, and a fresh
+process should start in milliseconds, not the second torch takes.
+"""
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Mapping
@@ -14,30 +21,83 @@ REWARDS: Registry[Callable[..., Any]] = Registry("reward")
 BUILTIN_MODULES = ("accuracy", "format", "json_structure", "tool_call", "cosine")
 
 
-def reward(name: str, batched: bool = False) -> Callable:
-    """Register a reward function under `name`."""
+class InvalidReward(ValueError):
+    """A reward returned something other than a finite number, None, or a dict with 'total'."""
+
+
+def reward(name: str | None = None, *, batched: bool = False,
+           setup: Callable[..., Any] | None = None) -> Callable:
+    """Mark a function as a reward; with a `name`, register it under that name.
+
+    `batched=True` means the function scores many samples in one call:
+    `fn(completions: list[str], *, prompts: list[str], fields: list[Mapping],
+    **kwargs) -> list` with one entry (float, None or dict) per completion.
+    Use it when a call has a fixed cost worth sharing, such as an encoder.
+    `setup(**kwargs)` runs once per reward process before any call is timed
+    (load models there, so the first call does not hit the time limit).
+    """
 
     def deco(fn: Callable) -> Callable:
         fn.rlft_batched = batched
-        return REWARDS.register(name)(fn)
+        fn.rlft_setup = setup
+        return REWARDS.register(name)(fn) if name else fn
 
     return deco
 
 
+def is_batched(fn: Callable) -> bool:
+    return bool(getattr(fn, "rlft_batched", False))
+
+
+def run_setup(fn: Callable, kwargs: Mapping[str, Any]) -> None:
+    """Call `fn`'s setup hook, if it has one, with the term's kwargs."""
+    hook = getattr(fn, "rlft_setup", None)
+    if hook is not None:
+        hook(**kwargs)
+
+
+def term_labels(terms: list[RewardTerm]) -> list[str]:
+    """Metric names per term; a repeated name gets `#2`, `#3` so no component is overwritten.
+
+    >>> term_labels([RewardTerm("accuracy"), RewardTerm("my.py:acc"), RewardTerm("accuracy")])
+    ['accuracy', 'acc', 'accuracy#2']
+    """
+    seen: dict[str, int] = {}
+    out = []
+    for t in terms:
+        seen[t.label] = seen.get(t.label, 0) + 1
+        out.append(t.label if seen[t.label] == 1 else f"{t.label}#{seen[t.label]}")
+    return out
+
+
 def resolve(name: str) -> Callable[..., Any]:
     """A registered built-in or an import path (`file.py:fn`, `pkg.mod:fn`)."""
-    import importlib
-
     for module in BUILTIN_MODULES:
         importlib.import_module(f"rlft.rewards.{module}")
-    return REWARDS.get(name)
+    fn = REWARDS.get(name)
+    if not callable(fn):
+        raise TypeError(f"reward {name!r} resolves to a {type(fn).__name__}, not a function")
+    return fn
 
 
 @dataclass(frozen=True)
 class RewardTerm:
-    name: str
+    """One weighted term of the total reward (`reward.terms[i]` in the config)."""
+
+    name: str  # built-in name or import path
     weight: float = 1.0
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    kwargs: Mapping[str, Any] = field(default_factory=dict)  # passed to every call
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"RewardTerm.name must be a non-empty string, got {self.name!r}")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, numbers.Real) \
+                or not math.isfinite(self.weight):
+            raise ValueError(f"RewardTerm {self.name!r}: weight must be a finite number, "
+                             f"got {self.weight!r}")
+        if not isinstance(self.kwargs, Mapping) or not all(isinstance(k, str) for k in self.kwargs):
+            raise ValueError(f"RewardTerm {self.name!r}: kwargs must map names to values, "
+                             f"got {self.kwargs!r}")
 
     @property
     def label(self) -> str:
@@ -45,12 +105,40 @@ class RewardTerm:
         return self.name.rpartition(":")[2]
 
 
-class InvalidReward(ValueError):
-    """A reward returned something that is not a finite float, None or a dict with `total`."""
+def load_term(term: RewardTerm) -> Callable[..., Any]:
+    """Resolve `term` and check that its function accepts the term's kwargs."""
+    fn = resolve(term.name)
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # some builtins and C functions have no signature
+        return fn
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return fn
+    needed = ("prompts", "fields") if is_batched(fn) else ("prompt",)
+    for key in (*needed, *term.kwargs):
+        if key not in params or params[key].kind is params[key].POSITIONAL_ONLY:
+            close = difflib.get_close_matches(key, list(params), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise TypeError(
+                f"reward {term.name!r} takes no keyword {key!r}.{hint} A reward is called as "
+                f"fn(completion, *, prompt, **fields) and should take **kwargs for row fields "
+                f"it ignores; check reward.terms[...].kwargs."
+            )
+    return fn
 
 
 def normalise(value: Any) -> tuple[float | None, dict[str, float]]:
-    """(total or None, components) from a reward's return value, or InvalidReward."""
+    """(total or None, components) from a reward's return value, else InvalidReward.
+
+    >>> normalise(1)
+    (1.0, {})
+    >>> normalise({"total": 0.5, "parsed": 1.0})
+    (0.5, {'parsed': 1.0})
+    >>> normalise(float("nan"))
+    Traceback (most recent call last):
+    ...
+    rlft.rewards.base.InvalidReward: reward is nan
+    """
     if value is None:
         return None, {}
     if isinstance(value, Mapping):
@@ -62,8 +150,9 @@ def normalise(value: Any) -> tuple[float | None, dict[str, float]]:
 
 
 def _finite(v: Any, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise InvalidReward(f"{what} must be a number, got {type(v).__name__} {str(v)[:40]!r}")
+    if not isinstance(v, numbers.Real):  # bool is a Real: True scores 1.0
+        raise InvalidReward(f"{what} must be a number, got {type(v).__name__} {str(v)[:40]!r}; "
+                            f"return a float, None, or a dict with 'total'")
     v = float(v)
     if not math.isfinite(v):
         raise InvalidReward(f"{what} is {v}")

@@ -1,204 +1,360 @@
-"""RewardService: score a batch in worker processes, with a time limit per call.
+"""RewardService: score a batch in reward processes, with a time limit per call.
 
-Isolation is by process: a reward that hangs is killed with its process and
-replaced, one that crashes its process costs only the sample it was on, and
-worker stdout/stderr go to /dev/null so a reward printing megabytes cannot
-flood the run's console. Failed samples get `fallback` and are counted by
-kind; more than `max_failure_frac` failures in one batch aborts the step.
-A sample with every term `None` (not applicable) gets `fallback` too, without
-counting as a failure. `num_workers=0` scores in-process (no time limit).
+Isolation is by process. Each sample is scored by every term in one process;
+a call that raises, returns NaN/inf/a non-number, hangs past `timeout_s`, or
+kills its process (segfault, `os._exit`) costs only that sample: it gets
+`fallback`, its failure kind is counted in `ScoredRollouts.failures`, and the
+first failure of each kind per reward is logged (logger "rlft.reward") with
+the sample's prompt uid. A hung or dead process is replaced; the rest of its
+chunk is re-queued. More than `max_failure_frac` failed samples in one batch
+raises `RewardFailureError` (a broken reward should stop the run, not train it
+on the fallback).
+
+Composite reward: total = sum of weight * term total over the terms that apply;
+a term returning `None` is skipped (not renormalised); a sample where every term
+is `None` gets `fallback` and is not a failure (every component is NaN there).
+
+Output: reward processes send fds 1/2 to /dev/null and Python's stdout/stderr to
+a buffer of the first 500 characters per chunk; the first non-empty one is
+logged once at INFO. Debug prints with `num_workers=0` (in-process, serial, no
+time limit) or `rlft reward check --workers 0`.
+
+Speed: processes are spawned once ('spawn' is safe with torch imported and
+inside Ray actors; they import no torch, ~0.3 s each) and reused; work goes out
+in chunks (about four per process). When the measured cost of a batch is under
+`inline_max_s`, it is scored in this process instead (a thread, same per-call
+limit): for cheap rewards the pool's messaging costs more than the work.
+Batched terms (models) always stay in the pool. If an in-process call
+hangs, its thread is abandoned, that sample times out and the service stays on
+the pool from then on.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
-import os
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
+from typing import Any
 
 import torch
-from rlft.rewards.base import InvalidReward, RewardTerm, normalise, resolve
 
+from rlft.rewards.base import RewardTerm, is_batched, load_term, run_setup, term_labels
+from rlft.rewards.runner import (
+    BATCH,
+    IDLE,
+    BoundedText,
+    Fatal,
+    Item,
+    Outcome,
+    Ready,
+    Results,
+    score_chunk,
+    worker_main,
+)
 from rlft.types import RewardFailures, Rollouts, ScoredRollouts
 
 log = logging.getLogger("rlft.reward")
-Item = tuple[int, str, str, dict]  # (sample index, completion, prompt text, row fields)
+CHUNKS_PER_WORKER = 4
+STARTUP_TIMEOUT_S = 120.0
+# Torch-free modules the fork server imports up front (see `start_method`).
+PRELOAD = ("rlft.rewards.runner", "rlft.rewards.accuracy", "rlft.rewards.format",
+           "rlft.rewards.json_structure", "rlft.rewards.tool_call", "math_verify", "jsonschema")
 
 
 class RewardFailureError(RuntimeError):
-    pass
-
-
-def score_items(terms: Sequence[RewardTerm], items: Sequence[Item], emit) -> None:
-    """Score items, calling emit(index, kind, payload) per sample.
-
-    kind "ok": payload = [(total|None, components) per term]; else "raised" or
-    "invalid" with a message. Batched terms run once over all items.
-    """
-    fns = [resolve(t.name) for t in terms]
-    batched = {}
-    for j, (t, fn) in enumerate(zip(terms, fns)):
-        if getattr(fn, "rlft_batched", False):
-            batched[j] = fn([c for _, c, _, _ in items], prompts=[p for _, _, p, _ in items],
-                            fields=[f for *_, f in items], **t.kwargs)
-    for k, (idx, completion, prompt, fields) in enumerate(items):
-        try:
-            out = []
-            for j, (t, fn) in enumerate(zip(terms, fns)):
-                value = batched[j][k] if j in batched else \
-                    fn(completion, prompt=prompt, **{**fields, **t.kwargs})
-                out.append(normalise(value))
-        except InvalidReward as exc:
-            emit(idx, "invalid", f"{terms[j].name}: {exc}")
-        except Exception as exc:  # noqa: BLE001  (user code: any error costs one sample)
-            emit(idx, "raised", f"{terms[j].name}: {type(exc).__name__}: {exc}"[:500])
-        else:
-            emit(idx, "ok", out)
-
-
-def _worker(conn, terms: Sequence[RewardTerm]) -> None:
-    devnull = open(os.devnull, "w")
-    sys.stdout = sys.stderr = devnull
-    os.dup2(devnull.fileno(), 1)
-    os.dup2(devnull.fileno(), 2)
-    while True:
-        items = conn.recv()
-        if items is None:
-            return
-        score_items(terms, items, lambda i, kind, payload: conn.send((i, kind, payload)))
-        conn.send(None)  # chunk done
+    """Too many samples of one batch failed their reward (see `reward.max_failure_frac`)."""
 
 
 @dataclass
 class _Proc:
-    proc: mp.Process
-    conn: object
-    pending: list[Item] = field(default_factory=list)
-    last: float = 0.0
+    proc: Any  # multiprocessing Process
+    conn: Any  # parent end of its Pipe
+    state: Any  # shared doubles: [sample index or IDLE/BATCH, call start (monotonic), term]
+    ready: bool = False
+    chunk: list[Item] = field(default_factory=list)  # sent, no result yet
 
 
 class RewardService:
     def __init__(self, terms: Sequence[RewardTerm], num_workers: int = 2, timeout_s: float = 30.0,
-                 fallback: float = 0.0, max_failure_frac: float = 0.5) -> None:
+                 fallback: float = 0.0, max_failure_frac: float = 0.5,
+                 inline_max_s: float = 0.05, start_method: str = "forkserver") -> None:
+        if not terms:
+            raise ValueError("RewardService needs at least one RewardTerm (reward.terms is empty)")
+        if num_workers < 0 or not timeout_s > 0 or not 0.0 <= max_failure_frac <= 1.0:
+            raise ValueError(f"RewardService: need num_workers >= 0 (got {num_workers}), "
+                             f"timeout_s > 0 (got {timeout_s}), 0 <= max_failure_frac <= 1 "
+                             f"(got {max_failure_frac}); see reward.* in the config")
         self.terms = list(terms)
-        for t in self.terms:
-            resolve(t.name)  # a bad name or path fails here, not in a worker
+        self.labels = term_labels(self.terms)
+        self._fns = [load_term(t) for t in self.terms]  # a bad name, path or kwarg fails here
         self.num_workers, self.timeout_s = num_workers, timeout_s
-        self.fallback, self.max_failure_frac = fallback, max_failure_frac
-        self._ctx = mp.get_context("spawn")  # safe with torch and inside Ray actors
+        self.fallback, self.max_failure_frac = float(fallback), max_failure_frac
+        self.inline_max_s = inline_max_s
+        self._cost: float | None = None  # measured seconds per sample, all terms
+        self._inline_ok = num_workers > 0 and inline_max_s > 0 and not any(
+            is_batched(fn) for fn in self._fns)
+        self._set_up = False  # setup hooks run in this process (num_workers=0 / inline)
+        self._logged: set[tuple[str, str]] = set()
+        self._output_logged = False
+        self._ctx = mp.get_context(start_method)
+        if start_method == "forkserver":
+            # The fork server imports these once; each reward process forks from it
+            # with them loaded, so a replacement starts in ~0.1 s instead of
+            # re-importing sympy for seconds while its samples wait.
+            self._ctx.set_forkserver_preload(list(PRELOAD))
         self._procs = [self._start() for _ in range(num_workers)]
-        self._first: dict[str, str] = {}  # error kind -> first message, for logs and aborts
 
-    def _start(self) -> _Proc:
-        parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_worker, args=(child, self.terms), daemon=True)
-        proc.start()
-        child.close()
-        return _Proc(proc, parent)
+    # ---- public -----------------------------------------------------------------------
 
     def score(self, rollouts: Rollouts) -> ScoredRollouts:
         start = time.perf_counter()
-        items = [(b, rollouts.response_text[b], rollouts.row(b).text,
-                  dict(rollouts.row(b).fields)) for b in range(len(rollouts))]
-        results: dict[int, tuple[str, object]] = {}
+        items = [Item(b, rollouts.response_text[b], rollouts.row(b).text,
+                      dict(rollouts.row(b).fields)) for b in range(len(rollouts))]
+        results: dict[int, tuple[Outcome, ...]] = {}
         if self.num_workers == 0:
-            score_items(self.terms, items, lambda i, k, p: results.__setitem__(i, (k, p)))
+            self._setup_here()
+            results.update(score_chunk(self.terms, self._fns, items, lambda *_: None))
         else:
-            self._run_pool(items, results)
+            if self._inline_ok and self._cost is not None \
+                    and self._cost * len(items) <= self.inline_max_s:
+                items = self._run_inline(items, results)
+            if items:
+                self._run_pool(items, results)
         return self._assemble(rollouts, results, time.perf_counter() - start)
-
-    def _run_pool(self, items: list[Item], results: dict) -> None:
-        size = max(1, -(-len(items) // (2 * len(self._procs))))
-        queue = [items[i:i + size] for i in range(0, len(items), size)]
-        busy: dict[object, _Proc] = {}
-        while queue or busy:
-            for p in self._procs:
-                if queue and not p.pending:
-                    p.pending, p.last = queue.pop(0), time.monotonic()
-                    p.conn.send(p.pending)
-                    busy[p.conn] = p
-            for conn in wait(list(busy), timeout=0.05):
-                p = busy[conn]
-                try:
-                    msg = conn.recv()
-                except (EOFError, OSError):  # the process died under a sample
-                    self._replace(p, busy, results, "raised", "reward process died")
-                    continue
-                if msg is None:
-                    p.pending = []
-                    del busy[conn]
-                    continue
-                results[msg[0]] = (msg[1], msg[2])
-                p.last = time.monotonic()
-            now = time.monotonic()
-            for p in [p for p in busy.values() if now - p.last > self.timeout_s]:
-                self._replace(p, busy, results, "timeout",
-                              f"no result within reward.timeout_s={self.timeout_s}")
-
-    def _replace(self, p: _Proc, busy: dict, results: dict, kind: str, why: str) -> None:
-        """Kill `p`; its current sample fails with `kind`, the rest are re-queued."""
-        del busy[p.conn]
-        p.proc.kill()
-        p.proc.join()
-        left = [it for it in p.pending if it[0] not in results]
-        if left:
-            results[left[0][0]] = (kind, why)
-        fresh = self._start()
-        self._procs[self._procs.index(p)] = fresh
-        if left[1:]:
-            fresh.pending, fresh.last = left[1:], time.monotonic()
-            fresh.conn.send(left[1:])
-            busy[fresh.conn] = fresh
-
-    def _assemble(self, ro: Rollouts, results: dict, seconds: float) -> ScoredRollouts:
-        B = len(ro)
-        rewards = torch.full((B,), self.fallback)
-        comps: dict[str, torch.Tensor] = {}
-        counts = {"raised": 0, "timeout": 0, "invalid": 0}
-        for b in range(B):
-            kind, payload = results[b]
-            if kind != "ok":
-                counts[kind] += 1
-                self._log_first(kind, ro.row(b).uid, str(payload))
-                continue
-            totals = []
-            for term, (total, parts) in zip(self.terms, payload):
-                if total is not None:
-                    totals.append(term.weight * total)
-                    _put(comps, term.label, b, B, total)
-                for name, v in parts.items():
-                    _put(comps, f"{term.label}/{name}", b, B, v)
-            if totals:
-                rewards[b] = sum(totals)
-        failures = RewardFailures(**counts)
-        if B and failures.total / B > self.max_failure_frac:
-            raise RewardFailureError(
-                f"{failures.total} of {B} samples failed their reward ({counts}); first error: "
-                f"{next(iter(self._first.values()), '')}. Fix the reward (try `rlft reward check`) "
-                f"or raise reward.max_failure_frac (now {self.max_failure_frac})")
-        return ScoredRollouts(ro, rewards, comps, failures, seconds)
-
-    def _log_first(self, kind: str, uid: str, msg: str) -> None:
-        if kind not in self._first:
-            self._first[kind] = f"{uid}: {msg}"
-            log.warning("reward %s on sample %s: %s (further %s errors are only counted)",
-                        kind, uid, msg, kind)
 
     def close(self) -> None:
         for p in self._procs:
             if p.proc.is_alive():
-                p.conn.send(None)
+                try:
+                    p.conn.send(None)
+                except (BrokenPipeError, OSError):
+                    pass  # already exiting; the join/kill below settles it
                 p.proc.join(timeout=2)
                 if p.proc.is_alive():
                     p.proc.kill()
+                    p.proc.join()
         self._procs = []
+
+    def __enter__(self) -> RewardService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- processes --------------------------------------------------------------------
+
+    def _start(self) -> _Proc:
+        parent, child = self._ctx.Pipe()
+        state = self._ctx.Array("d", [IDLE, 0.0, 0.0], lock=False)
+        proc = self._ctx.Process(target=worker_main, args=(child, self.terms, state),
+                                 daemon=True, name="rlft-reward")
+        proc.start()
+        child.close()
+        return _Proc(proc, parent, state)
+
+    def _run_pool(self, items: list[Item], results: dict) -> None:
+        size = max(1, math.ceil(len(items) / (CHUNKS_PER_WORKER * len(self._procs))))
+        queue = deque(items[i:i + size] for i in range(0, len(items), size))
+        started = time.monotonic()
+        while queue or any(p.chunk for p in self._procs):
+            for p in self._procs:
+                if queue and p.ready and not p.chunk:
+                    p.chunk = list(queue.popleft())
+                    p.conn.send(p.chunk)
+            if not any(p.ready for p in self._procs) \
+                    and time.monotonic() - started > STARTUP_TIMEOUT_S:
+                self.close()
+                raise RewardFailureError(f"no reward process started within "
+                                         f"{STARTUP_TIMEOUT_S:.0f} s")
+            self._collect(results, queue)
+            self._enforce_limits(results, queue)
+
+    def _collect(self, results: dict, queue: deque) -> None:
+        now = time.monotonic()
+        waits = [p.state[1] + self.timeout_s - now for p in self._procs if p.state[0] != IDLE]
+        ready = wait([p.conn for p in self._procs] + [p.proc.sentinel for p in self._procs],
+                     timeout=min([0.1, *waits]) if waits else 0.1)
+        for p in list(self._procs):
+            if p.conn in ready or p.proc.sentinel in ready:
+                self._read(p, results, queue)
+
+    def _read(self, p: _Proc, results: dict, queue: deque) -> None:
+        self._drain(p, results)
+        if not p.proc.is_alive():
+            p.proc.join()
+            self._replace(p, results, queue, "raised",
+                          f"reward process died (exit code {p.proc.exitcode})")
+
+    def _drain(self, p: _Proc, results: dict) -> None:
+        """Handle every message already sent; a dead process's last results still count."""
+        try:
+            while p.conn.poll():
+                self._handle(p, p.conn.recv(), results)
+        except (EOFError, OSError):
+            pass  # the process is gone; the caller settles its samples
+
+    def _handle(self, p: _Proc, msg: object, results: dict) -> None:
+        if isinstance(msg, Ready):
+            p.ready = True
+            log.debug("reward process %d ready after %.2f CPU s", msg.pid, msg.cpu_s)
+        elif isinstance(msg, Fatal):
+            self.close()
+            raise RewardFailureError(f"a reward process could not start "
+                                     f"({', '.join(t.name for t in self.terms)}): {msg.message}")
+        elif isinstance(msg, Results):
+            results.update(msg.scored)
+            done = {i for i, _ in msg.scored}
+            p.chunk = [] if msg.done else [it for it in p.chunk if it.index not in done]
+            if msg.done and msg.scored:
+                self._observe_cost(msg.seconds / max(1, len(msg.scored)), msg.output)
+
+    def _enforce_limits(self, results: dict, queue: deque) -> None:
+        now = time.monotonic()
+        for p in list(self._procs):
+            if p.chunk and p.state[0] != IDLE and now - p.state[1] > self.timeout_s:
+                p.proc.kill()
+                p.proc.join()
+                self._drain(p, results)
+                self._replace(p, results, queue, "timeout",
+                              f"no result within reward.timeout_s={self.timeout_s}")
+
+    def _replace(self, p: _Proc, results: dict, queue: deque, kind: str, why: str) -> None:
+        """`p` is dead: its current sample(s) fail with `kind`; the rest go back in the queue."""
+        if not p.ready:
+            self.close()
+            raise RewardFailureError(f"a reward process died while starting: {why}")
+        current, term = p.state[0], int(p.state[2])
+        left = [it for it in p.chunk if it.index not in results]
+        lost = left if current == BATCH else [it for it in left if it.index == current]
+        for it in lost:
+            results[it.index] = self._failed(term, kind, why)
+        rest = [it for it in left if it not in lost]
+        if rest:
+            queue.appendleft(rest)
+        p.conn.close()
+        self._procs[self._procs.index(p)] = self._start()
+
+    def _failed(self, term: int, kind: str, why: str) -> tuple[Outcome, ...]:
+        """Outcomes for a sample lost with its process: `term` failed, the others unscored."""
+        return tuple(Outcome(kind, message=f"{t.name}: {why}") if j == term else Outcome("ok")
+                     for j, t in enumerate(self.terms))
+
+    def _observe_cost(self, per_sample: float, output: str) -> None:
+        self._cost = per_sample if self._cost is None else 0.5 * (self._cost + per_sample)
+        if output and not self._output_logged:
+            self._output_logged = True
+            log.info("reward output (reward processes do not print to the console; first "
+                     "500 characters of a chunk, shown once):\n%s", output)
+
+    # ---- in-process -------------------------------------------------------------------
+
+    def _setup_here(self) -> None:
+        if not self._set_up:
+            for term, fn in zip(self.terms, self._fns):
+                run_setup(fn, term.kwargs)
+            self._set_up = True
+
+    def _run_inline(self, items: list[Item], results: dict) -> list[Item]:
+        """Score in a thread of this process; returns the items left for the pool."""
+        progress = [IDLE, 0.0, 0.0]
+        got: dict[int, tuple[Outcome, ...]] = {}
+
+        def mark(index: float, term: int) -> None:
+            progress[1], progress[2], progress[0] = time.monotonic(), term, index
+
+        def run() -> None:
+            got.update(score_chunk(self.terms, self._fns, items, mark))
+            progress[0] = IDLE
+
+        self._setup_here()
+        sink = BoundedText()
+        saved = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = sink  # cheap rewards should not flood the console either
+        start = time.perf_counter()
+        thread = threading.Thread(target=run, daemon=True, name="rlft-reward-inline")
+        try:
+            thread.start()
+            while thread.is_alive():
+                thread.join(max(0.001, progress[1] + self.timeout_s - time.monotonic()))
+                if thread.is_alive() and progress[0] != IDLE \
+                        and time.monotonic() - progress[1] > self.timeout_s:
+                    break
+        finally:
+            sys.stdout, sys.stderr = saved
+        results.update(got)
+        if thread.is_alive() or len(got) < len(items):
+            return self._inline_lost(items, results, progress, thread.is_alive())
+        self._observe_cost((time.perf_counter() - start) / max(1, len(items)), sink.take())
+        return []
+
+    def _inline_lost(self, items: list[Item], results: dict, progress: list, hung: bool) -> list:
+        kind = "timeout" if hung else "raised"
+        why = f"no result within reward.timeout_s={self.timeout_s}" if hung \
+            else "reward call ended its thread (SystemExit or similar)"
+        left = [it for it in items if it.index not in results]
+        lost = left if progress[0] == BATCH else [it for it in left if it.index == progress[0]]
+        for it in lost:
+            results[it.index] = self._failed(int(progress[2]), kind, why)
+        self._inline_ok = False
+        log.warning("an in-process reward call failed (%s); from now on every batch is scored "
+                    "in the reward processes", why)
+        return [it for it in left if it not in lost]
+
+    # ---- results ----------------------------------------------------------------------
+
+    def _assemble(self, ro: Rollouts, results: dict, seconds: float) -> ScoredRollouts:
+        B = len(ro)
+        rewards = torch.full((B,), self.fallback)  # [B]
+        comps: dict[str, torch.Tensor] = {}
+        counts = {"raised": 0, "timeout": 0, "invalid": 0}
+        per_term: dict[str, int] = {}
+        first = ""
+        for b in range(B):
+            outs = results[b]
+            bad = None
+            for label, out in zip(self.labels, outs):
+                if out.kind != "ok":
+                    bad = bad or (label, out)
+                    continue
+                if out.total is not None:
+                    _put(comps, label, b, B, out.total)
+                for name, v in out.parts.items():
+                    _put(comps, f"{label}/{name}", b, B, v)
+            if bad is not None:
+                label, out = bad
+                counts[out.kind] += 1
+                per_term[label] = per_term.get(label, 0) + 1
+                first = first or f"sample {ro.row(b).uid}: {out.message}"
+                self._log_first(label, out.kind, ro.row(b).uid, out.message)
+                continue
+            totals = [t.weight * o.total for t, o in zip(self.terms, outs) if o.total is not None]
+            if totals:
+                rewards[b] = math.fsum(totals)
+        failures = RewardFailures(**counts)
+        if B and failures.total / B > self.max_failure_frac:
+            which = ", ".join(f"{k!r} on {v}" for k, v in per_term.items())
+            raise RewardFailureError(
+                f"{failures.total} of {B} samples failed their reward ({which}; raised="
+                f"{failures.raised}, timeout={failures.timeout}, invalid={failures.invalid}). "
+                f"First error, {first}. Fix the reward (try `rlft reward check`) or raise "
+                f"reward.max_failure_frac (now {self.max_failure_frac}).")
+        return ScoredRollouts(ro, rewards, comps, failures, seconds)
+
+    def _log_first(self, label: str, kind: str, uid: str, message: str) -> None:
+        if (label, kind) not in self._logged:
+            self._logged.add((label, kind))
+            log.warning("reward %r %s on sample %s: %s (further %s failures of %r are only "
+                        "counted)", label, kind, uid, message, kind, label)
 
 
 def _put(comps: dict, name: str, b: int, B: int, value: float) -> None:
     if name not in comps:
-        comps[name] = torch.full((B,), float("nan"))
+        comps[name] = torch.full((B,), float("nan"))  # [B]
     comps[name][b] = value

@@ -1,0 +1,108 @@
+"""`tool_call`: formats, tool names, argument names/types, values, partial credit."""
+
+import json
+
+import pytest
+
+from rlft.rewards.tool_call import Call, parse_calls, tool_call
+
+
+def spec(name, props, required, openai=True):
+    fn = {"name": name, "description": "", "parameters": {
+        "type": "object", "properties": props, "required": required}}
+    return {"type": "function", "function": fn} if openai else fn
+
+
+TOOLS = [
+    spec("get_weather", {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["C", "F"]}},
+         ["city"]),
+    spec("set_timer", {"minutes": {"type": "integer"}}, ["minutes"], openai=False),
+]
+REF = json.dumps({"name": "get_weather", "arguments": {"city": "Oslo", "unit": "C"}})
+
+
+def score(text, **kw):
+    return tool_call(text, tools=TOOLS, answer=REF, **kw)
+
+
+@pytest.mark.parametrize("text", [
+    REF,
+    f"<tool_call>\n{REF}\n</tool_call>",
+    '{"name": "get_weather", "arguments": "{\\"city\\": \\"Oslo\\", \\"unit\\": \\"C\\"}"}',
+    '{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "oslo", "unit": "C"}}}',
+    '{"tool_calls": [{"function": {"name": "get_weather", "arguments": "{\\"city\\": \\"Oslo\\", \\"unit\\": \\"C\\"}"}}]}',
+    f"Let me check.\n```json\n[{REF}]\n```",
+    '{"name": "get_weather", "parameters": {"city": "Oslo", "unit": "C"}}',
+])
+def test_formats_of_a_correct_call_all_score_one(text):
+    assert score(text)["total"] == 1.0
+
+
+def test_wrong_tool_name():
+    r = score('{"name": "get_forecast", "arguments": {"city": "Oslo", "unit": "C"}}')
+    assert (r["parsed"], r["name"], r["arg_names"], r["arg_types"], r["values"]) == (1, 0, 0, 0, 0)
+    assert r["total"] == pytest.approx(1 / 7)  # only `parsed` (weight 1 of 7)
+
+
+def test_extra_argument_and_wrong_type_cost_their_parts():
+    r = score('{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "K", "days": 3}}')
+    # names: "days" undeclared -> 0; types: "K" not in enum -> 0;
+    # values over {city, unit, days}: only city matches -> 1/3
+    assert (r["name"], r["arg_names"], r["arg_types"]) == (1.0, 0.0, 0.0)
+    assert r["values"] == pytest.approx(1 / 3)
+    assert r["total"] == pytest.approx((1 + 2 + 0 + 0 + 2 / 3) / 7)
+
+
+def test_missing_required_argument():
+    r = score('<tool_call>{"name": "get_weather", "arguments": {"unit": "C"}}</tool_call>')
+    assert (r["arg_names"], r["arg_types"]) == (0.0, 0.0)
+    assert r["values"] == pytest.approx(1 / 2)
+
+
+def test_two_reference_calls_paired_by_name_with_one_missing():
+    ref = [{"name": "set_timer", "arguments": {"minutes": 5}}, json.loads(REF)]
+    text = '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "C"}}</tool_call>'
+    r = tool_call(text, tools=TOOLS, answer=ref)
+    # pairs: (weather, weather) perfect; (None, set_timer) zero -> every part 1/2
+    assert (r["name"], r["values"], r["arg_names"], r["arg_types"]) == (0.5, 0.5, 0.5, 0.5)
+
+
+def test_unicode_values_and_arguments_not_an_object():
+    r = score('{"name": "get_weather", "arguments": {"city": "OSLO", "unit": "C"}}')
+    assert r["values"] == 1.0
+    r = score('{"name": "get_weather", "arguments": "city=Oslo"}')
+    assert (r["name"], r["arg_names"], r["values"]) == (1.0, 0.0, 0.0)
+    r = tool_call('{"name": "get_weather", "arguments": {"city": "Zürich"}}', tools=TOOLS,
+                  answer={"name": "get_weather", "arguments": {"city": "zürich"}})
+    assert r["total"] == 1.0
+
+
+@pytest.mark.parametrize("text", ["", "no tools today", "<tool_call>{broken</tool_call>",
+                                  '{"arguments": {"city": "Oslo"}}'])
+def test_malformed_scores_zero(text):
+    assert score(text)["total"] == 0.0
+
+
+def test_megabyte_output():
+    text = "blah " * 200_000 + f"<tool_call>{REF}</tool_call>"
+    assert score(text)["total"] == 1.0
+
+
+def test_without_reference_checks_against_tools_only():
+    r = tool_call('{"name": "set_timer", "arguments": {"minutes": 5}}', tools=TOOLS)
+    assert set(r) == {"total", "parsed", "name", "arg_names", "arg_types"} and r["total"] == 1.0
+    r = tool_call('{"name": "launch", "arguments": {}}', tools=TOOLS)
+    assert r["name"] == 0.0
+
+
+def test_bad_rows_are_data_errors_naming_the_field():
+    with pytest.raises(ValueError, match="row field 'answer'"):
+        tool_call(REF, answer="just words")
+    with pytest.raises(ValueError, match="row field 'tools'"):
+        tool_call(REF, tools=[{"description": "no name"}])
+
+
+def test_parse_calls_keeps_order_and_skips_junk():
+    text = ('<tool_call>{"name": "a", "arguments": {}}</tool_call> and '
+            '<tool_call>not json</tool_call><tool_call>{"name": "b"}</tool_call>')
+    assert parse_calls(text) == [Call("a", {}), Call("b", {})]
