@@ -1,9 +1,33 @@
 """Datasets -> rendered prompts -> seeded, resumable batches.
 
-Sources: `builtin:<task>` (rlft/tasks), a local .jsonl/.json/.parquet file, a
-folder holding `<split>.jsonl|.json|.parquet`, or a hub dataset name. Rows keep
-every column; `schema` and `tools` may be JSON strings or objects (Arrow
-stores them as strings, and rewards get them parsed).
+Sources (`data.source`), resolved in this order:
+- `builtin:<task>`: a task generated in code (rlft/tasks: arithmetic,
+  json_extract, tool_call), splits `train` and `eval`.
+- a local file `.jsonl`, `.json` (an array of objects, or JSON lines) or
+  `.parquet`: the whole file, whatever split is asked for. Give a folder to
+  have separate splits.
+- a local folder holding `<split>.jsonl`, `<split>.json` or
+  `<split>.parquet` (first match in that order), e.g. `train.jsonl` +
+  `eval.jsonl`.
+- anything else is a hub dataset name for `datasets.load_dataset(name,
+  split=split)`; offline this fails with a message saying so.
+
+Decisions:
+- `schema` and `tools` may be objects or JSON strings (parquet and the
+  built-in loader store them as strings, since Arrow cannot hold objects of
+  differing shapes in one column); `Prompt.fields` always holds them parsed.
+  `answer` stays as the dataset has it (a JSON string for the JSON tasks).
+- The prompt is rendered with the tokenizer's chat template when it has one
+  and then tokenised without special tokens: the template writes the BOS
+  itself when the model wants one, so adding it again would duplicate it.
+  Without a template the messages' text is joined and the tokenizer's usual
+  special tokens (its BOS, if any) are added.
+- `data.system_prompt` replaces the row's own system message, or is put
+  first when the row has none.
+- Rows with `tools`: templates that render tools (they mention `tools`) get
+  them through `apply_chat_template(tools=...)`; for others (SmolLM2's) a
+  compact tool list and the `<tool_call>` reply format go into the system
+  message, so the model always sees the tools it is scored on.
 """
 
 from __future__ import annotations
@@ -11,158 +35,389 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
 
+from rlft.registry import RegistryError
 from rlft.types import Prompt
 
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 JSON_FIELDS = ("schema", "tools")
+BAD_ROW_CHOICES = ("error", "skip")
 
 
 def load_rows(source: str, split: str) -> datasets.Dataset:
+    """The rows of one split of `source` (see the module docstring)."""
     if source.startswith("builtin:"):
-        from rlft.tasks import TASKS
-
-        rows = TASKS.get(source.removeprefix("builtin:"))(split)
-        ds = datasets.Dataset.from_list([
-            {k: json.dumps(v) if k in JSON_FIELDS else v for k, v in r.items()} for r in rows])
+        ds = _builtin(source, split)
     else:
         path = Path(source).expanduser()
         if path.is_dir():
-            found = [path / f"{split}{ext}" for ext in FORMATS if (path / f"{split}{ext}").is_file()]
-            if not found:
-                raise FileNotFoundError(f"data.source={source!r}: folder has no {split}.jsonl, "
-                                        f"{split}.json or {split}.parquet")
-            path = found[0]
-        if path.is_file():
-            fmt = FORMATS.get(path.suffix)
-            if fmt is None:
-                raise ValueError(f"data.source={source!r}: unsupported file type {path.suffix!r}; "
-                                 f"use one of {', '.join(FORMATS)}")
-            ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
-        elif source.startswith((".", "/", "~")) or Path(source).suffix in FORMATS:
-            raise FileNotFoundError(f"data.source={source!r}: no such file or folder")
+            ds = _local_file(_split_file(path, source, split), source)
+        elif path.is_file():
+            ds = _local_file(path, source)
+        elif source.startswith((".", "/", "~")) or path.suffix in FORMATS:
+            raise FileNotFoundError(f"data.source={source!r}: no such file or folder; check the "
+                                    f"path (relative paths start from {str(Path.cwd())!r})")
         else:
-            ds = datasets.load_dataset(source, split=split)
+            ds = _hub(source, split)
     if len(ds) == 0:
-        raise ValueError(f"data.source={source!r} split {split!r} is empty")
+        raise ValueError(f"data.source={source!r}, split {split!r}: the dataset is empty; "
+                         f"point data.source at data with rows")
     return ds
+
+
+def _builtin(source: str, split: str) -> datasets.Dataset:
+    from rlft.tasks import TASKS
+
+    try:
+        task = TASKS.get(source.removeprefix("builtin:"))
+    except RegistryError as exc:
+        raise ValueError(f"data.source={source!r}: {exc}") from exc
+    rows = task(split)
+    # JSON strings: Arrow would merge differing objects into one struct and
+    # fill the keys a row lacks with nulls. build_prompts parses them back.
+    return datasets.Dataset.from_list(
+        [{k: json.dumps(v) if k in JSON_FIELDS else v for k, v in r.items()} for r in rows])
+
+
+def _split_file(folder: Path, source: str, split: str) -> Path:
+    for ext in FORMATS:
+        if (folder / f"{split}{ext}").is_file():
+            return folder / f"{split}{ext}"
+    have = sorted(p.name for p in folder.iterdir() if p.suffix in FORMATS)
+    raise FileNotFoundError(
+        f"data.source={source!r}: the folder has no {split}.jsonl, {split}.json or "
+        f"{split}.parquet (it has: {', '.join(have) or 'no data files'}); name the files "
+        f"after the splits or set data.train_split / data.eval_split")
+
+
+def _local_file(path: Path, source: str) -> datasets.Dataset:
+    fmt = FORMATS.get(path.suffix)
+    if fmt is None:
+        raise ValueError(f"data.source={source!r}: unsupported file type {path.suffix!r}; "
+                         f"use one of {', '.join(FORMATS)}")
+    if path.stat().st_size == 0:  # the json builder fails on these with a bare StopIteration
+        raise ValueError(f"data.source={source!r}: {str(path)!r} is an empty file; point "
+                         f"data.source at data with rows")
+    try:
+        return datasets.load_dataset(fmt, data_files=str(path), split="train")
+    except (ValueError, datasets.exceptions.DatasetGenerationError) as exc:
+        # The parse error (e.g. pyarrow's, with a line number) is the useful part.
+        detail = exc.__cause__ or exc
+        raise ValueError(f"data.source={source!r}: cannot read {str(path)!r} as {path.suffix} "
+                         f"({type(detail).__name__}: {detail}); check that it is valid "
+                         f"{path.suffix} with at least one row") from exc
+
+
+def _hub(source: str, split: str) -> datasets.Dataset:
+    try:
+        return datasets.load_dataset(source, split=split)
+    except (OSError, ValueError) as exc:  # ConnectionError, DatasetNotFoundError, bad split
+        raise ValueError(
+            f"data.source={source!r}, split {split!r}: not a local file or folder, and loading "
+            f"it from the Hugging Face hub failed ({type(exc).__name__}: {exc}). Check the "
+            f"path or dataset name; offline, download the data and point data.source at the "
+            f"files, or use a builtin:<task>") from exc
 
 
 @dataclass(frozen=True)
 class PromptSet:
+    """Rendered prompts of one source and split, and what was left out."""
+
     prompts: tuple[Prompt, ...]
     skipped: int = 0
-    skipped_reasons: Mapping[str, int] = field(default_factory=dict)
+    skipped_reasons: Mapping[str, int] = field(default_factory=dict)  # reason -> rows
 
 
 class BadRow(ValueError):
-    pass
+    """A malformed row; `reason` is the short key counted when rows are skipped."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
-def _render(row: dict, tokenizer: Any, prompt_field: str, system_prompt: str | None,
-            max_tokens: int, i: int) -> tuple[str, list[int]]:
-    if prompt_field not in row or row[prompt_field] is None:
-        raise BadRow(f"row {i}: no {prompt_field!r} field (columns: {', '.join(row)}); set "
-                     f"data.prompt_field or map a column with data.field_map")
-    prompt = row[prompt_field]
+def render_tools(tools: Sequence[Mapping[str, Any]]) -> str:
+    """A compact tool list for templates that cannot render tools themselves.
+
+    >>> print(render_tools([{"type": "function", "function": {"name": "set_timer",
+    ...     "description": "Start a timer.", "parameters": {"type": "object",
+    ...     "properties": {"minutes": {"type": "integer"}}, "required": ["minutes"]}}}]))
+    You can call these tools:
+    - set_timer(minutes: integer): Start a timer.
+    To call a tool, reply with <tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>.
+    """
+    lines = ["You can call these tools:"]
+    for spec in tools:
+        fn = spec.get("function", spec)  # accept bare {"name", "parameters"} specs too
+        params = fn.get("parameters") or {}
+        required = set(params.get("required", ()))
+        args = []
+        for name, prop in (params.get("properties") or {}).items():
+            kind = " | ".join(json.dumps(v) for v in prop["enum"]) if "enum" in prop \
+                else prop.get("type", "any")
+            args.append(f"{name}{'' if name in required else '?'}: {kind}")
+        desc = f": {fn['description']}" if fn.get("description") else ""
+        lines.append(f"- {fn['name']}({', '.join(args)}){desc}")
+    lines.append('To call a tool, reply with <tool_call>{"name": "<tool>", "arguments": {...}}'
+                 "</tool_call>.")
+    return "\n".join(lines)
+
+
+def _messages(prompt: Any, prompt_field: str, i: int) -> list[dict]:
     if isinstance(prompt, str):
-        messages = [{"role": "user", "content": prompt}]
-    elif isinstance(prompt, list) and all(isinstance(m, dict) and "content" in m for m in prompt):
-        messages = list(prompt)
-    else:
-        raise BadRow(f"row {i}: field {prompt_field!r} must be a string or a list of chat "
-                     f"messages, got {type(prompt).__name__}")
-    if system_prompt:
-        messages = [{"role": "system", "content": system_prompt}, *messages]
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    else:
-        text = "\n".join(m["content"] for m in messages) + "\n"
-    # The template already holds any BOS; do not add special tokens twice.
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) > max_tokens:
-        raise BadRow(f"row {i}: prompt has {len(ids)} tokens, over data.max_prompt_tokens="
-                     f"{max_tokens}; raise it or set data.on_bad_row=skip")
-    return text, ids
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list) and prompt and all(
+            isinstance(m, Mapping) and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str) for m in prompt):
+        return [dict(m) for m in prompt]
+    raise BadRow("prompt not text or messages",
+                 f"row {i}: field {prompt_field!r} must be a string or a non-empty list of "
+                 f"{{role, content}} messages, got {type(prompt).__name__} {str(prompt)[:80]!r}; "
+                 f"point data.prompt_field (or data.field_map) at the prompt column, or set "
+                 f"data.on_bad_row=skip")
 
 
-def _fields(row: dict, prompt_field: str) -> dict:
+def _with_system(messages: list[dict], system: str | None) -> list[dict]:
+    if not system:
+        return messages
+    if messages[0]["role"] == "system":
+        return [{**messages[0], "content": system}, *messages[1:]]
+    return [{"role": "system", "content": system}, *messages]
+
+
+def _has_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _renders_tools(tokenizer: Any) -> bool:
+    # Tool-aware templates (Qwen, Llama 3.1, Hermes) all read a `tools` variable.
+    return _has_template(tokenizer) and "tools" in str(tokenizer.chat_template)
+
+
+def encode_prompt_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a rendered prompt, with BOS exactly as the model expects
+    (see "Decisions" above: the template owns special tokens when there is one)."""
+    return tokenizer(text, add_special_tokens=not _has_template(tokenizer))["input_ids"]
+
+
+def render_prompt(messages: list[dict], tokenizer: Any, tools: list | None = None) -> str:
+    """The text the policy continues: chat template (with generation prompt) or plain."""
+    if _has_template(tokenizer):
+        if tools and _renders_tools(tokenizer):
+            return tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
+                                                 tokenize=False)
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return "\n".join(m["content"] for m in messages) + "\n"
+
+
+def _fields(row: Mapping[str, Any], prompt_field: str, i: int) -> dict:
     out = {}
     for k, v in row.items():
         if k == prompt_field:
             continue
         if k in JSON_FIELDS and isinstance(v, str):
-            v = json.loads(v)
+            try:
+                v = json.loads(v)
+            except json.JSONDecodeError as exc:
+                raise BadRow(f"bad JSON in {k}",
+                             f"row {i}: field {k!r} is a string but not valid JSON ({exc}); "
+                             f"fix the data or set data.on_bad_row=skip") from exc
         out[k] = v
     return out
 
 
-def build_prompts(rows: Any, tokenizer: Any, *, prompt_field: str = "prompt",
-                  field_map: Mapping[str, str] = {}, system_prompt: str | None = None,
-                  max_prompt_tokens: int = 512, on_bad_row: str = "error",
-                  source_name: str = "") -> PromptSet:
-    prompts, reasons = [], Counter()
+def _tools_system(tools: Any, tokenizer: Any, i: int) -> str | None:
+    """System text listing `tools`, or None when the template renders them itself."""
+    if not tools or _renders_tools(tokenizer):
+        return None
+    try:
+        return render_tools(tools)
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise BadRow("bad tools", f"row {i}: field 'tools' must be a list of function specs "
+                     f"{{type: function, function: {{name, description, parameters}}}} "
+                     f"({type(exc).__name__}: {exc}); fix the data or set "
+                     f"data.on_bad_row=skip") from exc
+
+
+@dataclass(frozen=True)
+class _Render:
+    """build_prompts' options, passed as one value."""
+
+    prompt_field: str
+    system_prompt: str | None
+    max_prompt_tokens: int
+
+
+def _render_row(row: Mapping[str, Any], tokenizer: Any, opt: _Render,
+                i: int) -> tuple[str, tuple[int, ...], dict]:
+    """One row's (text, prompt_ids, fields); raises BadRow."""
+    if row.get(opt.prompt_field) is None:
+        raise BadRow("missing prompt",
+                     f"row {i}: no {opt.prompt_field!r} field (columns: {', '.join(row)}); set "
+                     f"data.prompt_field to the prompt column, rename a column with "
+                     f"data.field_map (e.g. {{question: prompt}}), or set data.on_bad_row=skip")
+    messages = _messages(row[opt.prompt_field], opt.prompt_field, i)
+    fields = _fields(row, opt.prompt_field, i)
+    tools_text = _tools_system(fields.get("tools"), tokenizer, i)
+    system = opt.system_prompt
+    if tools_text:  # the tool list goes after whichever system message applies
+        own = system or (messages[0]["content"] if messages[0]["role"] == "system" else "")
+        system = f"{own}\n\n{tools_text}" if own else tools_text
+    messages = _with_system(messages, system)
+    text = render_prompt(messages, tokenizer, fields.get("tools"))
+    ids = encode_prompt_text(tokenizer, text)
+    if len(ids) > opt.max_prompt_tokens:
+        raise BadRow("prompt too long",
+                     f"row {i}: field {opt.prompt_field!r} renders to {len(ids)} tokens, over "
+                     f"data.max_prompt_tokens={opt.max_prompt_tokens}; raise "
+                     f"data.max_prompt_tokens or set data.on_bad_row=skip to drop such rows")
+    return text, tuple(ids), fields
+
+
+def _rename(row: Mapping[str, Any], field_map: Mapping[str, str], i: int) -> dict:
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        name = field_map.get(k, k)
+        if name in out:
+            raise ValueError(f"row {i}: data.field_map gives two columns the name {name!r}; "
+                             f"map only one of them to it")
+        out[name] = v
+    return out
+
+
+def build_prompts(rows: Iterable[Mapping[str, Any]], tokenizer: Any, *,
+                  prompt_field: str = "prompt", field_map: Mapping[str, str] | None = None,
+                  system_prompt: str | None = None, max_prompt_tokens: int = 512,
+                  on_bad_row: str = "error", source_name: str = "") -> PromptSet:
+    """Rename columns, render each row's prompt and tokenise it.
+
+    `rows` is a `datasets.Dataset` or any iterable of mappings. Malformed rows
+    (no prompt, a prompt that is neither text nor messages, a prompt longer
+    than `max_prompt_tokens`, unparsable `schema`/`tools`) raise a ValueError
+    naming the row, the field and the fix, or with `on_bad_row="skip"` are
+    counted by reason in the result. Uids are `<source_name>#<row number>`.
+    """
+    name = source_name or "data"
+    if on_bad_row not in BAD_ROW_CHOICES:
+        raise ValueError(f"data.on_bad_row={on_bad_row!r}; choices: {', '.join(BAD_ROW_CHOICES)}")
+    field_map = dict(field_map or {})
+    columns = getattr(rows, "column_names", None)
+    absent = [k for k in field_map if columns is not None and k not in columns]
+    if absent:
+        raise ValueError(f"{name}: data.field_map renames {absent}, which are not columns; the "
+                         f"columns are {columns}")
+    opt = _Render(prompt_field, system_prompt, max_prompt_tokens)
+    prompts: list[Prompt] = []
+    reasons: Counter[str] = Counter()
     for i, raw in enumerate(rows):
-        row = {field_map.get(k, k): v for k, v in dict(raw).items()}
         try:
-            text, ids = _render(row, tokenizer, prompt_field, system_prompt, max_prompt_tokens, i)
-            fields = _fields(row, prompt_field)
-        except (BadRow, json.JSONDecodeError) as exc:
+            text, ids, fields = _render_row(_rename(raw, field_map, i), tokenizer, opt, i)
+        except BadRow as exc:
             if on_bad_row == "error":
-                raise BadRow(f"{source_name or 'data'}: {exc}") from exc
-            reasons[str(exc).split(":", 1)[1].split(";")[0].strip()[:60]] += 1
+                raise BadRow(exc.reason, f"{name}: {exc}") from exc
+            reasons[exc.reason] += 1
             continue
-        prompts.append(Prompt(uid=f"{source_name}#{i}", text=text, prompt_ids=tuple(ids),
-                              fields=fields))
+        prompts.append(Prompt(uid=f"{name}#{i}", text=text, prompt_ids=ids, fields=fields))
+    if not reasons and not prompts:
+        raise ValueError(f"{name}: the dataset has no rows; point data.source at data with rows")
     if not prompts:
-        raise ValueError(f"{source_name or 'data'}: every row was skipped as malformed "
-                         f"({dict(reasons)})")
+        raise ValueError(f"{name}: every row was skipped as malformed ({dict(reasons)}); set "
+                         f"data.on_bad_row=error to see the first bad row and its fix")
     return PromptSet(tuple(prompts), sum(reasons.values()), dict(reasons))
 
 
 class PromptSampler:
-    """Endless epochs of seeded shuffles; `state_dict` makes resume exact."""
+    """Endless epochs of seeded shuffles; `state_dict` makes resume exact.
+
+    Epoch e is the permutation drawn by `random.Random(f"{seed}:{e}")`, so a
+    sampler rebuilt from (epoch, position) replays exactly the same batches.
+    A batch may span two epochs. `batch_size` may change across a resume.
+    """
 
     def __init__(self, prompts: Sequence[Prompt], batch_size: int, seed: int,
                  shuffle: bool = True) -> None:
-        self.prompts, self.batch_size, self.seed, self.shuffle = prompts, batch_size, seed, shuffle
-        self.epoch, self.position = 0, 0
+        if not prompts:
+            raise ValueError("PromptSampler needs at least one prompt")
+        if batch_size < 1:
+            raise ValueError(f"PromptSampler batch_size must be >= 1, got {batch_size}")
+        self.prompts, self.batch_size = tuple(prompts), batch_size
+        self.seed, self.shuffle = seed, shuffle
+        self._epoch, self._position = 0, 0
         self._order = self._order_for(0)
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed before the next prompt is drawn."""
+        return self._epoch
+
+    @property
+    def position(self) -> int:
+        """Prompts of the current epoch already drawn."""
+        return self._position
 
     def _order_for(self, epoch: int) -> list[int]:
         order = list(range(len(self.prompts)))
         if self.shuffle:
-            random.Random(self.seed * 100_003 + epoch).shuffle(order)
+            # A str seed is hashed with SHA-512, stable across runs and platforms.
+            random.Random(f"{self.seed}:{epoch}").shuffle(order)
         return order
 
     def next_batch(self) -> list[Prompt]:
         out = []
         while len(out) < self.batch_size:
-            if self.position >= len(self._order):
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._order_for(self.epoch)
-            out.append(self.prompts[self._order[self.position]])
-            self.position += 1
+            if self._position >= len(self._order):
+                self._epoch, self._position = self._epoch + 1, 0
+                self._order = self._order_for(self._epoch)
+            out.append(self.prompts[self._order[self._position]])
+            self._position += 1
         return out
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
+        return {"epoch": self._epoch, "position": self._position, "seed": self.seed,
+                "shuffle": self.shuffle, "num_prompts": len(self.prompts)}
 
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self._order = self._order_for(self.epoch)
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from `state`; the prompts, seed and shuffle must be the saved ones."""
+        mine = self.state_dict()
+        for key in ("seed", "shuffle", "num_prompts"):
+            if key in state and state[key] != mine[key]:
+                raise ValueError(
+                    f"sampler state was saved with {key}={state[key]!r} but this run has "
+                    f"{key}={mine[key]!r}; resume with the same data.source, data.shuffle and "
+                    f"train.seed, or start a new run")
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if epoch < 0 or not 0 <= position <= len(self.prompts):
+            raise ValueError(f"sampler state epoch={epoch}, position={position} is out of range "
+                             f"for {len(self.prompts)} prompts")
+        self._epoch, self._position = epoch, position
+        self._order = self._order_for(epoch)
 
 
 def demonstration_ids(prompt: Prompt, tokenizer: Any) -> tuple[int, ...]:
+    """The row's demonstration as response tokens after `prompt.prompt_ids`, plus EOS.
+
+    It is tokenised together with the prompt text and the tail kept, so the
+    ids are the ones a policy would emit after this prompt; should the joint
+    encoding not start with `prompt_ids` (a merge across the boundary), the
+    demonstration is tokenised alone.
+    """
     demo = prompt.demonstration
-    if not demo:
-        raise ValueError(f"row {prompt.uid} has no `demonstration`; this algorithm needs one "
-                         f"per row (map a column to it with data.field_map)")
-    ids = tokenizer(demo, add_special_tokens=False)["input_ids"]
-    return tuple(ids) + (tokenizer.eos_token_id,)
+    if not isinstance(demo, str) or not demo:
+        raise ValueError(f"row {prompt.uid} has no `demonstration` (got {demo!r}); this "
+                         f"algorithm needs one per row: use a builtin task or map a column to "
+                         f"it with data.field_map (e.g. {{solution: demonstration}})")
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos_token; demonstrations must end with one")
+    joint = encode_prompt_text(tokenizer, prompt.text + demo)
+    n = len(prompt.prompt_ids)
+    if tuple(joint[:n]) == prompt.prompt_ids:
+        ids = joint[n:]
+    else:
+        ids = tokenizer(demo, add_special_tokens=False)["input_ids"]
+    return (*ids, tokenizer.eos_token_id)
