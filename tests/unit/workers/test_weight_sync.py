@@ -1,0 +1,172 @@
+"""Bucketing, versioned updates (inline and through Ray), and an engine that
+takes another model's weights."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import LlamaForCausalLM
+
+from rlft.models import load_tokenizer, tiny_model_config
+from rlft.registry import RegistryError
+from rlft.types import Prompt, PromptBatch
+from rlft.workers.rollout import HFEngine, RolloutWorker, SamplingParams
+from rlft.workers.weight_sync import WeightUpdate, bucketize, iter_update, publish
+
+
+def named(*numels):
+    """float32 tensors named a, b, c, ... with 4 * numel bytes each."""
+    return [(chr(ord("a") + i), torch.full((n,), float(i))) for i, n in enumerate(numels)]
+
+
+def nbytes(bucket):
+    return sum(t.numel() * t.element_size() for _, t in bucket)
+
+
+def test_bucketize_by_hand():
+    # Bytes a=4, b=4, c=8, d=20, e=4; bucket 10 bytes:
+    # a+b = 8 <= 10; +c = 16 > 10 -> close [a, b]
+    # c = 8; +d = 28 > 10 -> close [c]
+    # d = 20 > 10 on its own: a bucket of its own; +e = 24 > 10 -> close [d]
+    # e = 4 -> [e]
+    buckets = list(bucketize(named(1, 1, 2, 5, 1), bucket_bytes=10))
+    assert [[n for n, _ in b] for b in buckets] == [["a", "b"], ["c"], ["d"], ["e"]]
+    assert [nbytes(b) for b in buckets] == [8, 8, 20, 4]
+    assert list(bucketize([], 10)) == []
+    with pytest.raises(ValueError, match="bucket_bytes"):
+        list(bucketize(named(1), 0))
+
+
+def bucketize_loop(sizes, bucket_bytes):
+    """Reference: start a new bucket whenever the next tensor would overflow."""
+    out, cur, used = [], [], 0
+    for i, size in enumerate(sizes):
+        if cur and used + size > bucket_bytes:
+            out.append(cur)
+            cur, used = [], 0
+        cur.append(i)
+        used += size
+    return out + ([cur] if cur else [])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 40), max_size=20), st.integers(1, 200))
+def test_bucketize_matches_loop_and_keeps_order(numels, bucket_bytes):
+    items = named(*numels)
+    buckets = list(bucketize(items, bucket_bytes))
+    assert [t for b in buckets for t in b] == items  # every tensor once, in order
+    want = bucketize_loop([4 * n for n in numels], bucket_bytes)
+    assert [[items.index(x) for x in b] for b in buckets] == want
+    for b in buckets:
+        assert len(b) == 1 or nbytes(b) <= bucket_bytes  # only a lone tensor may overflow
+
+
+def test_inline_update_round_trips_and_counts():
+    items = named(3, 1, 4, 1, 5)
+    # Bytes 12, 4, 16, 4, 20 into 16-byte buckets: a+b = 16 fits; c = 16 alone;
+    # d = 4, +e = 24 > 16 -> [d]; e = 20 alone (over the size, its own bucket).
+    update = publish(items, version=4, bucket_bytes=16, use_ray=False)
+    assert update.version == 4 and update.transport == "inline" and update.num_tensors == 5
+    assert [[n for n, _ in b] for b in update.buckets] == [["a", "b"], ["c"], ["d"], ["e"]]
+    got = list(iter_update(update))
+    assert [n for n, _ in got] == [n for n, _ in items]
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(got, items))
+    lost = WeightUpdate(version=4, buckets=update.buckets[:-1], num_tensors=5,
+                        transport="inline")
+    with pytest.raises(ValueError, match="carried 4 tensors but announced 5"):
+        list(iter_update(lost))
+    with pytest.raises(RegistryError, match="inline, ray"):
+        WeightUpdate(version=1, buckets=(), num_tensors=0, transport="nccl")
+    with pytest.raises(ValueError, match="version"):
+        WeightUpdate(version=-1, buckets=(), num_tensors=0, transport="inline")
+
+
+def other_model(tok, seed):
+    """The tiny architecture with different weights (as after training)."""
+    cfg = tiny_model_config(len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_path):
+    return load_tokenizer(tiny_model_path)
+
+
+@pytest.fixture(scope="module")
+def batch(tok):
+    text = tok.apply_chat_template([{"role": "user", "content": "What is 12 + 7?"}],
+                                   tokenize=False, add_generation_prompt=True)
+    ids = tuple(tok(text, add_special_tokens=False)["input_ids"])
+    return PromptBatch.plain([Prompt("q", text, ids)], n=2)
+
+
+def reference_logprobs(model, prompt_ids, response_ids):
+    ids = torch.tensor([list(prompt_ids) + list(response_ids)])  # [1, P+T]
+    with torch.no_grad():
+        logp = model(input_ids=ids).logits[0].log_softmax(-1)  # [P+T, V]
+    p = len(prompt_ids)
+    return [logp[p + t - 1, x].item() for t, x in enumerate(response_ids)]
+
+
+def check_worker_follows(worker, model, batch, version):
+    out = worker.generate(batch, SamplingParams(max_new_tokens=6, seed=0))
+    assert out.policy_version == version == worker.policy_version()
+    for b in range(len(out)):
+        want = reference_logprobs(model, out.prompt_ids[b], out.response_ids[b])
+        assert out.rollout_logprobs[b] == pytest.approx(want, abs=1e-4)
+
+
+def test_worker_takes_another_models_weights_inline(tiny_model_path, tok, batch):
+    worker = RolloutWorker("hf", model_path=tiny_model_path)
+    before = worker.generate(batch, SamplingParams(temperature=0, max_new_tokens=6))
+    trained = other_model(tok, seed=99)
+    update = publish(trained.state_dict().items(), version=1, bucket_bytes=1 << 20,
+                     use_ray=False)
+    assert len(update.buckets) > 1  # the 12.6 MB embedding alone exceeds 1 MB
+    assert worker.load_weights(update) == 1
+    check_worker_follows(worker, trained, batch, version=1)
+    after = worker.generate(batch, SamplingParams(temperature=0, max_new_tokens=6))
+    assert after.response_ids != before.response_ids  # the weights really changed
+
+
+def test_load_weights_rejects_bad_updates(tiny_model_path, tok):
+    engine = HFEngine(tiny_model_path)
+    state = other_model(tok, seed=5).state_dict()
+    with pytest.raises(KeyError, match="'model.nope' does not exist"):
+        engine.load_weights([("model.nope", torch.zeros(1))])
+    with pytest.raises(ValueError, match=r"shape \(3,\) does not match"):
+        engine.load_weights([("model.norm.weight", torch.zeros(3))])
+    partial = [(n, t) for n, t in state.items() if "layers.1." not in n]
+    with pytest.raises(ValueError, match="left 9 tensors .* unset"):  # layer 1: 9 tensors
+        engine.load_weights(partial)
+    # Tied head: sending only the embedding (as save_pretrained does) covers lm_head.
+    engine.load_weights([(n, t) for n, t in state.items() if n != "lm_head.weight"])
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def test_ray_object_store_round_trip(local_ray, tiny_model_path, tok, batch):
+    trained = other_model(tok, seed=7)
+    update = publish(trained.state_dict().items(), version=2, bucket_bytes=4 << 20,
+                     use_ray=True)
+    assert update.transport == "ray"
+    assert all(isinstance(b, local_ray.ObjectRef) for b in update.buckets)
+    state = trained.state_dict()
+    got = list(iter_update(update))
+    assert [n for n, _ in got] == list(state)
+    assert all(torch.equal(t, state[n]) for n, t in got)
+    worker = RolloutWorker("hf", model_path=tiny_model_path)
+    assert worker.load_weights(update) == 2
+    check_worker_follows(worker, trained, batch, version=2)
