@@ -1,94 +1,233 @@
-"""Pieces of the learner that are plain functions: the log-prob head, the
-micro-batch plan, the row selector and the learning-rate schedule."""
+"""The learner's plain pieces: the log-prob head, batch checks, the row
+selector, the micro-batch plan, the learning-rate schedule, and process setup
+(device, process group, model construction).
+
+Nothing here runs a collective; `workers/learner.py` does and calls these.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from typing import Any
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from rlft.algos.logprobs import logprobs_from_hidden
 from rlft.types import TrainBatch
 
+LR_SCHEDULES = ("constant", "cosine", "linear")
+ROWS = ("policy", "expert", "all")
+ModelSource = str | Callable[[], nn.Module]  # a name/folder, or a factory (tests, custom models)
+
 
 class PolicyLogprobs(nn.Module):
     """Causal LM -> per-token log-probs and entropy on selected positions.
 
-    Runs the decoder body, then `logprobs_from_hidden` on the final hidden
-    states of the selected tokens only, so full [tokens, V] float logits are
-    never built. Log-probs use the raw logits (temperature 1), the quantity the
-    rollout engines report.
+    Runs the decoder body (`lm.model`), then `logprobs_from_hidden` on the final
+    hidden states of the selected tokens only, so [tokens, V] float logits are
+    never built whole. Log-probs use the raw logits (temperature 1), the
+    quantity the rollout engines report. Being one module lets FSDP2 shard it
+    as the root: `lm_head` (tied to the embedding or not) is gathered by the
+    root's forward hook like every other root parameter.
     """
 
     def __init__(self, lm: nn.Module, chunk: int) -> None:
         super().__init__()
+        for attr in ("model", "lm_head"):
+            if not hasattr(lm, attr):
+                raise TypeError(f"the learner needs a Hugging Face *ForCausalLM with .model and "
+                                f".lm_head; {type(lm).__name__} has no .{attr}")
+        if not hasattr(lm.model, "layers"):
+            raise TypeError(f"{type(lm).__name__}.model has no .layers (the decoder layers "
+                            "FSDP2 shards one by one)")
         self.lm, self.chunk = lm, chunk
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.lm.model(input_ids=input_ids,
-                               attention_mask=attention_mask.long()).last_hidden_state  # [b, L, H]
-        sel = select[:, 1:]  # token t is predicted at position t-1
+        """[b, L] ids, mask, selection -> [b, L] log-probs and entropy (0 where unselected)."""
+        hidden = self.lm.model(input_ids=input_ids, attention_mask=attention_mask.long(),
+                               use_cache=False).last_hidden_state  # [b, L, H]
+        sel = select[:, 1:]  # [b, L-1]; token t is predicted at position t-1
         h = hidden[:, :-1][sel]  # [N, H]
         labels = input_ids[:, 1:][sel]  # [N]
-        lp, ent = logprobs_from_hidden(h, self.lm.lm_head.weight, labels, self.chunk)
+        lp, ent = logprobs_from_hidden(h, self.lm.lm_head.weight, labels, self.chunk)  # [N], [N]
         zeros = torch.zeros(sel.shape, dtype=lp.dtype, device=lp.device)  # [b, L-1]
         lp_full = torch.cat([zeros[:, :1], zeros.masked_scatter(sel, lp)], 1)  # [b, L]
-        ent_full = torch.cat([zeros[:, :1], zeros.masked_scatter(sel, ent)], 1)
+        ent_full = torch.cat([zeros[:, :1], zeros.masked_scatter(sel, ent)], 1)  # [b, L]
         return lp_full, ent_full
 
 
+def check_batch(batch: TrainBatch) -> None:
+    """Shape and padding checks, so a bad batch fails here and not as a wrong loss."""
+    shape = tuple(batch.input_ids.shape)
+    if len(shape) != 2:
+        raise ValueError(f"TrainBatch.input_ids must be [B, L]; got shape {shape}")
+    for name in ("attention_mask", "response_mask", "advantages", "rollout_logprobs",
+                 "old_logprobs", "ref_logprobs", "returns", "values", "prefix_mask"):
+        value = getattr(batch, name)
+        if value is not None and tuple(value.shape) != shape:
+            raise ValueError(f"TrainBatch.{name} has shape {tuple(value.shape)}; it must match "
+                             f"input_ids {shape} (one entry per token, aligned with input_ids)")
+    if batch.expert_mask is not None and tuple(batch.expert_mask.shape) != shape[:1]:
+        raise ValueError(f"TrainBatch.expert_mask has shape {tuple(batch.expert_mask.shape)}; "
+                         f"it must be [B] = {shape[:1]}")
+    if shape[0] == 0:
+        return
+    am = batch.attention_mask.bool()
+    lengths = seq_lengths(am)
+    if not torch.equal(am, torch.arange(shape[1], device=am.device)[None, :] < lengths[:, None]):
+        raise ValueError("TrainBatch.attention_mask must be right-padded (ones, then zeros): "
+                         "the learner trims padding columns and uses positions 0..n-1")
+    if (batch.response_mask.bool() & ~am).any():
+        raise ValueError("TrainBatch.response_mask marks padding tokens; it must lie inside "
+                         "attention_mask")
+    if batch.response_mask[:, 0].any():
+        raise ValueError("TrainBatch.response_mask[:, 0] must be False: the first token has no "
+                         "previous token to be scored from (put at least one prompt token first)")
+
+
+def seq_lengths(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, L] right-padded mask -> [B] number of real tokens."""
+    return attention_mask.long().sum(-1)  # [B]
+
+
 def rows_mask(batch: TrainBatch, rows: str) -> torch.Tensor:
-    """response_mask restricted to the term's rows ("policy", "expert", "all")."""
-    if rows == "all" or batch.expert_mask is None:
-        return batch.response_mask if rows != "expert" else \
-            torch.zeros_like(batch.response_mask)
-    keep = batch.expert_mask if rows == "expert" else ~batch.expert_mask
-    return batch.response_mask & keep[:, None]
+    """`response_mask` restricted to a term's rows ("policy", "expert", "all").
 
-
-def micro_batches(batch: TrainBatch, token_budget: int, min_count: int
-                  ) -> Iterator[tuple[torch.Tensor, int, bool]]:
-    """(row indices, columns, real) per micro-batch, in row order.
-
-    Rows are packed while rows x longest row fits `token_budget`; each
-    micro-batch is cut to its own longest row. When another rank needs more
-    micro-batches (`min_count`), the extra ones are marked not real: the
-    learner runs them for the collectives and adds nothing to the loss.
+    Without an `expert_mask` every row is a policy row, so "expert" selects none.
     """
-    lengths = batch.attention_mask.sum(-1).tolist()
-    plans: list[list[int]] = []
+    if rows not in ROWS:
+        raise ValueError(f"LossTermSpec.rows must be one of {', '.join(ROWS)}; got {rows!r}")
+    resp = batch.response_mask.bool()
+    if rows == "all":
+        return resp
+    expert = batch.expert_mask
+    if expert is None:
+        expert = torch.zeros(resp.shape[0], dtype=torch.bool, device=resp.device)
+    keep = expert.bool() if rows == "expert" else ~expert.bool()  # [B]
+    return resp & keep[:, None]  # [B, L]
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """Rows of the (local) batch and the columns they need.
+
+    A micro-batch that is not `real` holds no rows: the learner runs a two-token
+    stand-in so that a rank with fewer micro-batches still joins every FSDP
+    collective its peers run.
+    """
+
+    rows: torch.Tensor  # [b] long, indices into the batch
+    cols: int  # longest row of this micro-batch; later columns are padding
+    real: bool = True
+
+
+def plan_micro_batches(lengths: list[int], token_budget: int) -> list[MicroBatch]:
+    """Greedy packing, longest rows first, while rows x longest row <= token_budget.
+
+    Sorting by length keeps rows of similar length together, so trimming each
+    micro-batch to its own longest row removes most padding. A row longer than
+    the budget goes alone (rows are never split).
+    """
+    if token_budget < 1:
+        raise ValueError(f"micro_batch_tokens must be >= 1; got {token_budget}")
+    order = sorted(range(len(lengths)), key=lambda r: -lengths[r])  # stable: ties keep row order
+    plans: list[MicroBatch] = []
     current: list[int] = []
-    width = 0
-    for r, n in enumerate(lengths):
-        w = max(width, int(n))
-        if current and (len(current) + 1) * w > token_budget:
-            plans.append(current)
-            current, w = [], int(n)
+    for r in order:
+        width = lengths[current[0]] if current else lengths[r]  # the first row is the longest
+        if current and (len(current) + 1) * width > token_budget:
+            plans.append(MicroBatch(torch.tensor(current), lengths[current[0]]))
+            current = []
         current.append(r)
-        width = w
     if current:
-        plans.append(current)
-    for rows in plans:
-        yield torch.tensor(rows), max(int(lengths[r]) for r in rows), True
-    for _ in range(min_count - len(plans)):
-        yield torch.tensor([0]), int(lengths[0]), False
+        plans.append(MicroBatch(torch.tensor(current), lengths[current[0]]))
+    return plans
 
 
-def lr_lambda(p: Any) -> Callable[[int], float]:
-    """Linear warm-up, then constant / cosine / linear decay to min_lr_ratio."""
+def pad_plan(plan: list[MicroBatch], count: int) -> list[MicroBatch]:
+    """Append stand-in micro-batches up to `count` (the most any rank has)."""
+    filler = MicroBatch(torch.zeros(0, dtype=torch.long), 2, real=False)
+    return plan + [filler] * (count - len(plan))
+
+
+def stand_in_inputs(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A two-token input for a stand-in micro-batch: ids, attention mask, selection."""
+    ids = torch.zeros(1, 2, dtype=torch.long, device=device)  # [1, 2]
+    mask = torch.ones(1, 2, dtype=torch.bool, device=device)
+    select = torch.tensor([[False, True]], device=device)
+    return ids, mask, select
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float
+              ) -> Callable[[int], float]:
+    """LR multiplier for step k: linear warm-up over `warmup_steps` (k+1)/W, then
+    constant, or cosine / linear decay from 1 to `min_lr_ratio` at `total_steps`."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {schedule!r}")
 
     def fn(step: int) -> float:
-        if step < p.warmup_steps:
-            return (step + 1) / p.warmup_steps
-        if p.lr_schedule == "constant":
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
             return 1.0
-        span = max(1, p.total_steps - p.warmup_steps)
-        t = min(1.0, (step - p.warmup_steps) / span)
-        shape = 0.5 * (1 + math.cos(math.pi * t)) if p.lr_schedule == "cosine" else 1 - t
-        return p.min_lr_ratio + (1 - p.min_lr_ratio) * shape
+        span = max(1, total_steps - warmup_steps)
+        t = min(1.0, (step - warmup_steps) / span)
+        shape = 0.5 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else 1 - t
+        return min_lr_ratio + (1 - min_lr_ratio) * shape
 
     return fn
+
+
+def term_names(losses: Sequence[str]) -> list[str]:
+    """Metric prefixes for loss terms: the loss name, with "#i" when it appears twice."""
+    return [name if list(losses).count(name) == 1 else f"{name}#{i}"
+            for i, name in enumerate(losses)]
+
+
+def add_to(sums: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
+    """Accumulate a detached figure without forcing a device sync."""
+    sums[key] = sums[key] + value if key in sums else value
+
+
+def build_model(source: ModelSource) -> nn.Module:
+    """A causal LM in fp32 (the master weights) from a name/folder or a factory."""
+    if callable(source):
+        return source()
+    from rlft.models import load_causal_lm
+
+    return load_causal_lm(source, torch.float32)
+
+
+def pick_device(rank: int) -> torch.device:
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    # Ray gives each learner actor one visible GPU; torchrun-style launches set LOCAL_RANK.
+    local = int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count()))
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
+
+
+def init_process_group(device: torch.device, rank: int, world: int,
+                       init_method: str | None) -> bool:
+    """Join (or reuse) the default process group; True when this call created it."""
+    if dist.is_initialized():
+        if dist.get_world_size() != world or dist.get_rank() != rank:
+            raise RuntimeError(
+                f"a process group already exists (rank {dist.get_rank()} of "
+                f"{dist.get_world_size()}) but the Learner was asked for rank {rank} of {world}")
+        return False
+    if init_method is None:
+        if world != 1:
+            raise ValueError(f"world_size={world} needs init_method (e.g. 'tcp://HOST:PORT', "
+                             "the same on every rank)")
+        from rlft.workers.placement import free_port
+
+        init_method = f"tcp://127.0.0.1:{free_port()}"
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            init_method=init_method, rank=rank, world_size=world)
+    return True

@@ -1,40 +1,59 @@
 """The learner: one per rank, FSDP2-sharded, algorithm-blind.
 
-It sums the loss terms it is handed (`LossTermSpec`s from the algorithm spec),
-each normalised by counts over the whole step — all micro-batches and all
-ranks — so an update does not depend on how the batch was split. On CPU the
-world is gloo (size 1 by default); on GPUs, NCCL.
+It sums the loss terms it is handed (`LossTermSpec`s from the algorithm spec)
+and never branches on an algorithm's name. Each term is normalised by counts
+over the whole step (all micro-batches, all ranks), and FSDP2 is told to SUM
+gradients across ranks rather than average them, so an update does not depend
+on how the batch was split into micro-batches or ranks. On CPU the process
+group is gloo (a world of one by default); on GPUs, NCCL.
+
+Every method that touches model weights is collective: with a world of N, all
+N ranks call it, in the same order (the lead's Ray actors do).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+from rlft import learn_ckpt
 from rlft.algos import losses  # noqa: F401  (registers the loss terms)
-from rlft.algos.aggregation import aggregate, count
+from rlft.algos.aggregation import aggregate
 from rlft.algos.base import LOSSES, GlobalCounts, LossInputs
 from rlft.algos.spec import LossTermSpec
-from rlft.learn_utils import PolicyLogprobs, lr_lambda, micro_batches, rows_mask
+from rlft.learn_utils import (
+    LR_SCHEDULES,
+    MicroBatch,
+    ModelSource,
+    PolicyLogprobs,
+    add_to,
+    build_model,
+    check_batch,
+    init_process_group,
+    lr_lambda,
+    pad_plan,
+    pick_device,
+    plan_micro_batches,
+    rows_mask,
+    seq_lengths,
+    stand_in_inputs,
+    term_names,
+)
 from rlft.types import TrainBatch
 
+__all__ = ["Learner", "LearnerParams", "LossTermSpec", "NonFiniteError", "UpdateStats"]
+
 log = logging.getLogger("rlft.learner")
+
+PARAM_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -46,248 +65,338 @@ class LearnerParams:
     warmup_steps: int = 0
     total_steps: int = 1
     lr_schedule: str = "constant"  # constant | cosine | linear, after warm-up
-    min_lr_ratio: float = 0.0
-    max_grad_norm: float = 1.0
-    micro_batch_tokens: int = 4096  # padded tokens per micro-batch
-    logprob_chunk: int = 1024
+    min_lr_ratio: float = 0.0  # decay floor, as a fraction of lr
+    max_grad_norm: float = 1.0  # <= 0: no clipping (the norm is still reported)
+    micro_batch_tokens: int = 4096  # rows x padded length per micro-batch
+    logprob_chunk: int = 1024  # tokens per lm_head chunk (peak memory ~ chunk x V floats)
     grad_checkpointing: bool = False
-    dtype: str = "float32"
+    # Compute dtype. Master weights, optimizer state and gradient reduction stay
+    # fp32; "bfloat16" casts the gathered parameters (FSDP2 mixed precision).
+    param_dtype: str = "float32"
     seed: int = 0
-    max_nonfinite_steps: int = 3
+    max_nonfinite_steps: int = 3  # raise after this many skipped updates in a row
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}"),
+            (self.param_dtype in PARAM_DTYPES, f"param_dtype must be one of {PARAM_DTYPES}"),
+            (self.lr >= 0 and self.warmup_steps >= 0, "lr and warmup_steps must be >= 0"),
+            (self.total_steps >= 1, "total_steps must be >= 1"),
+            (0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must be in [0, 1]"),
+            (self.micro_batch_tokens >= 1, "micro_batch_tokens must be >= 1"),
+            (self.logprob_chunk >= 1, "logprob_chunk must be >= 1"),
+            (self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"LearnerParams: {message}; got {self}")
 
 
 @dataclass(frozen=True)
 class UpdateStats:
-    loss: float
-    grad_norm: float
-    lr: float
-    entropy: float
-    tokens: int
+    """One update's figures, identical on every rank (reduced over the world)."""
+
+    loss: float  # sum of weighted, aggregated terms
+    grad_norm: float  # before clipping
+    lr: float  # the learning rate this step used
+    entropy: float  # mean over response tokens
+    tokens: int  # response tokens over all ranks
     seconds: float
-    skipped: bool = False
-    metrics: dict[str, float] = field(default_factory=dict)  # term metrics, token means
+    skipped: bool = False  # non-finite loss or gradient: no optimizer step
+    # "<term>/loss" (unweighted aggregate) and "<term>/<metric>" (token means over
+    # the term's tokens), plus the short "clip_frac" and "kl" of the first term
+    # that reports them. <term> is the loss name, "#i" appended if repeated.
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class NonFiniteError(RuntimeError):
-    pass
+    """Too many consecutive updates with a NaN/inf loss or gradient norm."""
 
 
 class Learner:
-    def __init__(self, model: str, params: LearnerParams, rank: int = 0, world_size: int = 1,
-                 init_method: str | None = None, ref_model: str | None = None) -> None:
-        from transformers import AutoModelForCausalLM
+    """FSDP2 policy (+ optional frozen reference) with AdamW and an LR schedule.
 
+    `model` / `ref_model`: a name for `rlft.models.load_causal_lm` (a folder, a
+    hub id or a built-in alias such as "tiny-random"), or a factory returning a
+    Hugging Face *ForCausalLM. Ranks build the same initial weights (same
+    source, same seed).
+    """
+
+    def __init__(self, model: ModelSource, params: LearnerParams, rank: int = 0,
+                 world_size: int = 1, init_method: str | None = None,
+                 ref_model: ModelSource | None = None) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"Learner rank={rank} must be in [0, world_size={world_size})")
         self.p, self.rank, self.world = params, rank, world_size
-        self.device = torch.device("cuda", torch.cuda.current_device()) \
-            if torch.cuda.is_available() else torch.device("cpu")
-        self._own_pg = not dist.is_initialized()
-        if self._own_pg:
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
-                                    init_method=init_method or _local_init(), rank=rank,
-                                    world_size=world_size)
+        self.device = pick_device(rank)
+        self._own_pg = init_process_group(self.device, rank, world_size, init_method)
+        try:
+            self._build(model, ref_model)
+        except BaseException:
+            self.shutdown()  # a half-built learner must not leave its group behind
+            raise
+
+    def _build(self, model: ModelSource, ref_model: ModelSource | None) -> None:
+        params = self.p
         torch.manual_seed(params.seed)
-        dtype = getattr(torch, params.dtype)
-        lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
-        self.config = lm.config
+        lm = build_model(model)
+        self._hf_config = getattr(lm, "config", None)
+        self._gen_config = getattr(lm, "generation_config", None)
         if params.grad_checkpointing:
-            lm.gradient_checkpointing_enable()
+            # Non-reentrant checkpointing is the variant FSDP2 supports.
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.policy = self._shard(PolicyLogprobs(lm, params.logprob_chunk))
         self.ref = None
-        if ref_model:
-            ref = AutoModelForCausalLM.from_pretrained(ref_model, dtype=dtype).eval()
+        if ref_model is not None:
+            ref = build_model(ref_model).eval()
             ref.requires_grad_(False)
             self.ref = self._shard(PolicyLogprobs(ref, params.logprob_chunk))
         self.opt = torch.optim.AdamW(self.policy.parameters(), lr=params.lr, betas=params.betas,
                                      eps=params.eps, weight_decay=params.weight_decay,
                                      fused=self.device.type == "cuda")
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(params))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(
+            params.warmup_steps, params.total_steps, params.lr_schedule, params.min_lr_ratio))
+        self.steps = 0  # optimizer steps taken
         self.nonfinite_in_a_row = 0
 
-    def _shard(self, module: PolicyLogprobs) -> Any:
+    def _shard(self, module: PolicyLogprobs) -> PolicyLogprobs:
+        """fully_shard each decoder layer, then the root (embeddings, norm, lm_head)."""
         module.to(self.device)
+        mp = MixedPrecisionPolicy(param_dtype=getattr(torch, self.p.param_dtype),
+                                  reduce_dtype=torch.float32)
         for layer in module.lm.model.layers:
-            fully_shard(layer)
-        return fully_shard(module)
+            fully_shard(layer, mp_policy=mp)
+        fully_shard(module, mp_policy=mp)
+        for sub in module.modules():
+            if isinstance(sub, FSDPModule):
+                # Each rank's loss is already its share of the globally normalised
+                # loss, so the gradient is the SUM over ranks, not FSDP's default
+                # average. Sum-only collectives also suit gloo (no AVG/PREMUL_SUM).
+                sub.set_gradient_divide_factor(1.0)
+                sub.set_force_sum_reduction_for_comms(True)
+        return module
 
-    # -- forward passes ------------------------------------------------------
+    # -- forward passes -----------------------------------------------------
     @torch.no_grad()
-    def compute_logprobs(self, batch: TrainBatch, ref: bool = False
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, L] log-probs (position 0 gets 0) and entropy on response tokens."""
+    def compute_logprobs(self, batch: TrainBatch, ref: bool = False,
+                         mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """No-grad [B, L] log-probs of each token given the previous ones, and entropy.
+
+        Scored positions: `mask` ([B, L] bool), by default `response_mask`;
+        others (and position 0) are 0. Pass `batch.attention_mask` to score
+        every token. Returns CPU float32 tensors. Collective.
+        """
         module = self.ref if ref else self.policy
         if module is None:
-            raise RuntimeError("compute_logprobs(ref=True) needs a reference model: "
-                               "construct the Learner with ref_model=")
-        lp = torch.zeros(batch.input_ids.shape)  # [B, L]
-        ent = torch.zeros(batch.input_ids.shape)
-        for rows, cols, real in micro_batches(batch, self.p.micro_batch_tokens,
-                                              self._max_micro(batch)):
-            mb = batch.select(rows)
-            out_lp, out_ent = module(*self._inputs(mb, cols))
-            if not real:
+            raise RuntimeError("compute_logprobs(ref=True) needs a reference model: construct "
+                               "the Learner with ref_model=")
+        check_batch(batch)
+        select = batch.response_mask if mask is None else mask
+        if tuple(select.shape) != tuple(batch.input_ids.shape):
+            raise ValueError(f"compute_logprobs mask has shape {tuple(select.shape)}; it must "
+                             f"match input_ids {tuple(batch.input_ids.shape)}")
+        select = select.bool() & batch.attention_mask.bool()
+        module.eval()
+        lp_out = torch.zeros(batch.input_ids.shape)  # [B, L]
+        ent_out = torch.zeros(batch.input_ids.shape)  # [B, L]
+        for mb in self._plan(batch):
+            if not mb.real:
+                module(*stand_in_inputs(self.device))
                 continue
-            lp[rows, :cols] = out_lp.cpu()
-            ent[rows, :cols] = out_ent.cpu()
-        return lp, ent
+            ids, am = self._cols(batch.input_ids, mb), self._cols(batch.attention_mask, mb)
+            lp, ent = module(ids, am, self._cols(select, mb))  # [b, cols]
+            lp_out[mb.rows, :mb.cols] = lp.float().cpu()
+            ent_out[mb.rows, :mb.cols] = ent.float().cpu()
+        return lp_out, ent_out
 
-    def _inputs(self, mb: TrainBatch, cols: int):
-        d = self.device
-        return (mb.input_ids[:, :cols].to(d), mb.attention_mask[:, :cols].to(d),
-                mb.response_mask[:, :cols].to(d))
+    def _cols(self, t: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
+        return t[mb.rows, :mb.cols].to(self.device)  # [b, cols]
 
-    def _max_micro(self, batch: TrainBatch) -> int:
-        """Every rank must run the same number of micro-batches (FSDP collectives)."""
-        n = torch.tensor([len(list(micro_batches(batch, self.p.micro_batch_tokens, 0)))])
+    def _plan(self, batch: TrainBatch) -> list[MicroBatch]:
+        """This rank's micro-batches, padded to the most any rank has: FSDP's
+        all-gathers and reduce-scatters pair up across ranks call by call."""
+        plan = plan_micro_batches(seq_lengths(batch.attention_mask).tolist(),
+                                  self.p.micro_batch_tokens)
+        n = torch.tensor([len(plan)], device=self.device)
         dist.all_reduce(n, op=dist.ReduceOp.MAX)
-        return int(n)
+        return pad_plan(plan, int(n))
 
-    # -- the update ----------------------------------------------------------
+    # -- the update ---------------------------------------------------------
     def update(self, batch: TrainBatch, terms: Sequence[LossTermSpec]) -> UpdateStats:
+        """One optimizer step over this rank's rows of the batch. Collective.
+
+        Gradients are reduce-scattered after every micro-batch (the default),
+        which keeps them sharded: memory over speed.
+        """
         start = time.perf_counter()
+        check_batch(batch)
+        if not terms:
+            raise ValueError("Learner.update needs at least one LossTermSpec")
         self.policy.train()
-        counts = [self._global_counts(batch, t) for t in terms]
-        resp = self._all_sum(torch.tensor([float(batch.response_mask.sum())]))[0]
-        sums = {"loss": torch.zeros(()), "entropy": torch.zeros(())}
-        plan = list(micro_batches(batch, self.p.micro_batch_tokens, self._max_micro(batch)))
-        for i, (rows, cols, real) in enumerate(plan):
-            self.policy.set_requires_gradient_sync(i == len(plan) - 1)
-            mb = batch.select(rows)
-            lp, ent = self.policy(*self._inputs(mb, cols))  # [b, cols]
-            if not real:  # padding micro-batch: joins the collectives, adds nothing
-                (lp.sum() * 0.0).backward()
+        masks = [rows_mask(batch, t.rows) for t in terms]  # each [B, L]
+        counts, resp_tokens = self._global_counts(batch, masks)
+        names = term_names([t.loss for t in terms])
+        sums: dict[str, torch.Tensor] = {}
+        for mb in self._plan(batch):
+            if not mb.real:  # joins the collectives, adds nothing
+                lp, ent = self.policy(*stand_in_inputs(self.device))
+                ((lp.sum() + ent.sum()) * 0.0).backward()
                 continue
-            total = self._terms_loss(mb, cols, lp, ent, terms, counts, sums)
-            # FSDP averages gradients over ranks; each rank's loss is already a
-            # share of the global sum, so scale back up to sum them.
-            (total * self.world).backward()
-            resp_mask = mb.response_mask[:, :cols].to(ent.device)
-            sums["entropy"] += (ent.detach() * resp_mask).sum().cpu()
-        return self._step(sums, resp, start)
+            resp = self._cols(batch.response_mask.bool(), mb)
+            lp, ent = self.policy(self._cols(batch.input_ids, mb),
+                                  self._cols(batch.attention_mask, mb), resp)  # [b, cols]
+            total = torch.zeros((), device=self.device)
+            for term, name, mask, cnt in zip(terms, names, masks, counts):
+                value = self._term(batch, mb, term, name, self._cols(mask, mb), cnt, lp, ent,
+                                   sums)
+                total = total + term.weight * value
+            total.backward()
+            add_to(sums, "loss", total.detach())
+            add_to(sums, "entropy", (ent.detach() * resp).sum())
+        return self._step(sums, resp_tokens, start)
 
-    def _terms_loss(self, mb, cols, lp, ent, terms, counts, sums) -> torch.Tensor:
-        total = torch.zeros((), device=lp.device)
-        for term, cnt in zip(terms, counts):
-            mask = rows_mask(mb, term.rows)[:, :cols].to(lp.device)
-            out = LOSSES.get(term.loss)(_loss_inputs(mb, cols, lp, ent, mask), **term.params)
-            value = aggregate(out.loss, mask, term.agg, cnt, term.norm_const)
-            total = total + term.weight * value
-            sums["loss"] += term.weight * value.detach().cpu()
-            for name, metric in out.metrics.items():
-                key = f"{term.loss}/{name}"
-                sums.setdefault(key, torch.zeros(()))
-                sums[key] += (metric.detach() * mask).sum().cpu() / max(cnt.tokens, 1)
-        return total
+    def _term(self, batch: TrainBatch, mb: MicroBatch, term: LossTermSpec, name: str,
+              mask: torch.Tensor, cnt: GlobalCounts, lp: torch.Tensor, ent: torch.Tensor,
+              sums: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One term on one micro-batch: its share of the globally normalised value.
 
-    def _step(self, sums: dict, resp_tokens: torch.Tensor, start: float) -> UpdateStats:
-        names = sorted(sums)
-        reduced = self._all_sum(torch.stack([sums[n].float() for n in names]))
-        values = dict(zip(names, reduced.tolist()))
-        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.p.max_grad_norm)
+        Float inputs are zeroed outside the term's tokens: a NaN in a padding
+        column or in another term's rows would otherwise reach the gradient
+        (NaN * 0 is NaN, in the forward and in the backward alike).
+        """
+        def col(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else torch.where(mask, self._cols(t, mb), 0.0)
+
+        inputs = LossInputs(
+            logprobs=lp, response_mask=mask, advantages=col(batch.advantages), entropy=ent,
+            old_logprobs=col(batch.old_logprobs), ref_logprobs=col(batch.ref_logprobs),
+            rollout_logprobs=col(batch.rollout_logprobs), returns=col(batch.returns),
+            old_values=col(batch.values),
+            prefix_mask=None if batch.prefix_mask is None else self._cols(batch.prefix_mask, mb))
+        out = LOSSES.get(term.loss)(inputs, **term.params)
+        value = aggregate(torch.where(mask, out.loss, 0.0), mask, term.agg, cnt, term.norm_const)
+        add_to(sums, f"{name}/loss", value.detach())
+        for metric, per_token in out.metrics.items():
+            token_sum = torch.where(mask, per_token.detach().float(), 0.0).sum()
+            add_to(sums, f"{name}/{metric}", token_sum / max(cnt.tokens, 1))
+        return value
+
+    def _global_counts(self, batch: TrainBatch, masks: list[torch.Tensor]
+                       ) -> tuple[list[GlobalCounts], int]:
+        """Per-term token and sequence counts, and response tokens, over all ranks."""
+        local = [int(batch.response_mask.bool().sum())]
+        for m in masks:
+            local += [int(m.sum()), int(m.any(-1).sum())]
+        totals = torch.tensor(local, dtype=torch.long, device=self.device)
+        dist.all_reduce(totals)
+        t = totals.tolist()
+        return [GlobalCounts(tokens=t[1 + 2 * i], seqs=t[2 + 2 * i])
+                for i in range(len(masks))], t[0]
+
+    def _step(self, sums: dict[str, torch.Tensor], resp_tokens: int, start: float
+              ) -> UpdateStats:
+        # A rank without rows has seen no metric names; agree on the union first.
+        keys: list[list[str]] = [[] for _ in range(self.world)]
+        dist.all_gather_object(keys, sorted(sums))
+        names = sorted(set().union(*keys, {"loss", "entropy"}))
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        local = torch.stack([sums.get(n, zero).double() for n in names])  # [K]
+        dist.all_reduce(local)
+        values = dict(zip(names, local.tolist()))
+        loss = values.pop("loss", 0.0)
+        entropy = values.pop("entropy", 0.0) / max(resp_tokens, 1)
+        max_norm = self.p.max_grad_norm if self.p.max_grad_norm > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
         norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         lr = self.sched.get_last_lr()[0]
-        skipped = not (math.isfinite(norm) and math.isfinite(values["loss"]))
+        skipped = not (math.isfinite(norm) and math.isfinite(loss))
         if skipped:
-            self.nonfinite_in_a_row += 1
-            log.warning("non-finite loss %.4g or grad norm %.4g: update skipped (%d in a row)",
-                        values["loss"], norm, self.nonfinite_in_a_row)
-            if self.nonfinite_in_a_row >= self.p.max_nonfinite_steps:
-                raise NonFiniteError(f"{self.nonfinite_in_a_row} non-finite updates in a row; "
-                                     f"lower train.lr or check the rewards "
-                                     f"(limit: train.max_nonfinite_steps)")
+            self._skip(loss, norm)
         else:
             self.nonfinite_in_a_row = 0
             self.opt.step()
             self.sched.step()
+            self.steps += 1
         self.opt.zero_grad(set_to_none=True)
-        metrics = {k: v for k, v in values.items() if "/" in k}
-        # Short names for the headline metrics whichever term produced them.
         for short in ("clip_frac", "kl"):
-            found = [v for k, v in metrics.items() if k.endswith("/" + short)]
+            found = [v for k, v in values.items() if k.endswith("/" + short)]
             if found:
-                metrics[short] = found[0]
-        return UpdateStats(loss=values["loss"], grad_norm=norm, lr=lr,
-                           entropy=values["entropy"] / max(float(resp_tokens), 1.0),
-                           tokens=int(resp_tokens), seconds=time.perf_counter() - start,
-                           skipped=skipped, metrics=metrics)
+                values[short] = found[0]
+        return UpdateStats(loss=loss, grad_norm=norm, lr=lr, entropy=entropy, tokens=resp_tokens,
+                           seconds=time.perf_counter() - start, skipped=skipped, metrics=values)
 
-    def _global_counts(self, batch: TrainBatch, term: LossTermSpec) -> GlobalCounts:
-        local = count(rows_mask(batch, term.rows))
-        t = self._all_sum(torch.tensor([float(local.tokens), float(local.seqs)]))
-        return GlobalCounts(tokens=int(t[0]), seqs=int(t[1]))
+    def _skip(self, loss: float, norm: float) -> None:
+        """Drop this step's gradients; optimizer state and schedule stay as they were."""
+        self.nonfinite_in_a_row += 1
+        log.warning("non-finite loss %.4g or grad norm %.4g: update skipped (%d in a row, "
+                    "limit %d)", loss, norm, self.nonfinite_in_a_row, self.p.max_nonfinite_steps)
+        if self.nonfinite_in_a_row >= self.p.max_nonfinite_steps:
+            self.opt.zero_grad(set_to_none=True)
+            raise NonFiniteError(
+                f"{self.nonfinite_in_a_row} non-finite updates in a row (loss={loss}, "
+                f"grad_norm={norm}): lower the learning rate, check the rewards/advantages for "
+                f"NaN, or raise max_nonfinite_steps (train.max_nonfinite_steps)")
 
-    def _all_sum(self, t: torch.Tensor) -> torch.Tensor:
-        t = t.clone()
-        dist.all_reduce(t)
-        return t
-
-    # -- weights and checkpoints ----------------------------------------------
+    # -- weights and checkpoints --------------------------------------------
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Full CPU tensors with Hugging Face names. Collective: call on every
-        rank; only rank 0 yields."""
-        sd = get_model_state_dict(self.policy, options=StateDictOptions(
+        """Full (unsharded) fp32 CPU weights under the model's own state_dict names.
+
+        Collective and eager (every rank must call it; the gather happens before
+        it returns). Only rank 0 gets the weights; other ranks get an empty
+        iterator.
+        """
+        state = get_model_state_dict(self.policy, options=StateDictOptions(
             full_state_dict=True, cpu_offload=True))
-        if self.rank == 0:
-            for name, tensor in sd.items():
-                yield name.removeprefix("lm."), tensor
+        return iter([(name.removeprefix("lm."), t) for name, t in state.items()])
 
     def full_state(self) -> dict[str, torch.Tensor] | None:
+        """`named_weights` as a dict on rank 0, None elsewhere. Collective."""
         state = dict(self.named_weights())
         return state if self.rank == 0 else None
 
     def weight_update(self, version: int, bucket_bytes: int = 256 << 20):
-        """Publish the weights for the rollout engines (rank 0's result counts)."""
+        """Publish the weights for the rollout engines (rank 0's result counts). Collective."""
         from rlft.workers.weight_sync import publish
 
         named = list(self.named_weights())
         return publish(named, version, bucket_bytes, use_ray=True) if self.rank == 0 else None
 
     def save(self, path: str) -> None:
-        """Model, optimizer, scheduler and counters as full state dicts (rank 0 writes)."""
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model = get_model_state_dict(self.policy, options=opts)
-        optim = get_optimizer_state_dict(self.policy, self.opt, options=opts)
-        if self.rank == 0:
-            os.makedirs(path, exist_ok=True)
-            torch.save({"model": model, "optim": optim, "sched": self.sched.state_dict(),
-                        "nonfinite_in_a_row": self.nonfinite_in_a_row},
-                       os.path.join(path, "learner.pt"))
-        dist.barrier()
+        """Model, optimizer, scheduler, counters and RNG into the folder `path`
+        (see `rlft.learn_ckpt`). Collective; every rank writes its shards."""
+        learn_ckpt.save(path, self.policy, self.opt, self.sched, self._counters(), self.rank)
 
     def load(self, path: str) -> None:
-        """Every rank reads the file (a shared filesystem, as for the run folder)."""
-        state = torch.load(os.path.join(path, "learner.pt"), weights_only=True)
-        opts = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(self.policy, state["model"], options=opts)
-        set_optimizer_state_dict(self.policy, self.opt, state["optim"], options=opts)
-        self.sched.load_state_dict(state["sched"])
-        self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
+        """Restore a `save` folder (any world size). Collective. A continued run
+        is bit-identical to an uninterrupted one on CPU."""
+        counters = learn_ckpt.load(path, self.policy, self.opt, self.sched, self.rank)
+        self.steps = counters.get("steps", 0)
+        self.nonfinite_in_a_row = counters.get("nonfinite_in_a_row", 0)
+
+    def _counters(self) -> dict[str, int]:
+        return {"steps": self.steps, "nonfinite_in_a_row": self.nonfinite_in_a_row}
 
     def export_hf(self, path: str) -> None:
-        """A Hugging Face model folder (weights + config) from rank 0."""
+        """A `save_pretrained` folder (weights + config) written by rank 0.
+        The tokenizer is the caller's. Collective."""
+        if self._hf_config is None:  # checked on every rank, before the collective
+            raise TypeError("export_hf needs a Hugging Face model (with .config); this "
+                            "learner was built from a model without one")
         state = dict(self.named_weights())
         if self.rank == 0:
             from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_config(self.config)
-            model.load_state_dict(state)
+            with torch.device("meta"):  # no throwaway random init of the full model
+                model = AutoModelForCausalLM.from_config(self._hf_config)
+            model.load_state_dict(state, assign=True)
+            model.tie_weights()
+            if self._gen_config is not None:
+                model.generation_config = self._gen_config
             model.save_pretrained(path)
+        dist.barrier()
 
     def shutdown(self) -> None:
+        """Destroy the process group if this learner created it."""
         if self._own_pg and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _loss_inputs(mb: TrainBatch, cols: int, lp, ent, mask) -> LossInputs:
-    def col(t):
-        return None if t is None else t[:, :cols].to(lp.device)
-
-    return LossInputs(logprobs=lp, response_mask=mask, advantages=col(mb.advantages), entropy=ent,
-                      old_logprobs=col(mb.old_logprobs), ref_logprobs=col(mb.ref_logprobs),
-                      rollout_logprobs=col(mb.rollout_logprobs), returns=col(mb.returns),
-                      old_values=col(mb.values), prefix_mask=col(mb.prefix_mask))
-
-
-def _local_init() -> str:
-    from rlft.workers.placement import free_port
-
-    return f"tcp://127.0.0.1:{free_port()}"
+            self._own_pg = False
