@@ -8,9 +8,14 @@ plain values (scheduler state, learning rates, counters) go to a JSON file
 instead, and per-rank RNG states to `torch.save` files read with
 `weights_only=True`.
 
+Only trainable parameters are stored: with LoRA that is the adapters (the
+frozen base comes from the model source again), and `learner.json` records
+which kind of model wrote the checkpoint (the `tag`), so a LoRA checkpoint
+cannot be loaded into a full fine-tuning learner or one with other adapters.
+
 Layout of a checkpoint folder:
-    *.distcp, .metadata      model + optimizer tensors (DCP)
-    learner.json             scheduler, param-group learning rates, counters
+    *.distcp, .metadata      trainable model + optimizer tensors (DCP)
+    learner.json             scheduler, param-group learning rates, counters, tag
     rng-rank{r}.pt           torch RNG state of rank r
 """
 
@@ -26,6 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -46,7 +52,10 @@ def _tensors(module: torch.nn.Module, opt: torch.optim.Optimizer
     into it fills them in place. `get_optimizer_state_dict` creates the state
     of a fresh optimizer (a zero-lr step) so there is something to load into.
     """
-    model = get_model_state_dict(module)
+    # Frozen parameters are left out under every name: StateDictOptions'
+    # ignore_frozen_params misses the second name of a tied one (lm_head).
+    frozen = {n for n, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    model = {k: v for k, v in get_model_state_dict(module).items() if k not in frozen}
     optim = get_optimizer_state_dict(module, opt)
     flat: dict[str, torch.Tensor] = {f"model/{k}": v for k, v in model.items()}
     for fqn, state in optim["state"].items():
@@ -60,7 +69,7 @@ def _tensors(module: torch.nn.Module, opt: torch.optim.Optimizer
 
 def save(path: str, module: torch.nn.Module, opt: torch.optim.Optimizer,
          sched: torch.optim.lr_scheduler.LRScheduler, counters: Mapping[str, int],
-         rank: int) -> None:
+         rank: int, tag: str = "full") -> None:
     """Collective: every rank calls it with the same `path` (a shared filesystem)."""
     os.makedirs(path, exist_ok=True)
     _, optim, flat = _tensors(module, opt)
@@ -71,14 +80,15 @@ def save(path: str, module: torch.nn.Module, opt: torch.optim.Optimizer,
                 "scheduler": sched.state_dict(),
                 "lrs": [{k: g[k] for k in ("lr", "initial_lr") if k in g}
                         for g in optim["param_groups"]],
-                "counters": dict(counters)}
+                "counters": dict(counters), "tag": tag}
         with open(os.path.join(path, META), "w") as f:
             json.dump(meta, f, indent=1)
     dist.barrier()  # the folder is complete only once every rank has written
 
 
 def load(path: str, module: torch.nn.Module, opt: torch.optim.Optimizer,
-         sched: torch.optim.lr_scheduler.LRScheduler, rank: int) -> dict[str, int]:
+         sched: torch.optim.lr_scheduler.LRScheduler, rank: int, tag: str = "full"
+         ) -> dict[str, int]:
     """Collective. Restores model, optimizer, scheduler and RNG; returns the counters.
 
     Hyper-parameters (betas, weight decay, eps) come from the new learner's
@@ -94,9 +104,14 @@ def load(path: str, module: torch.nn.Module, opt: torch.optim.Optimizer,
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path}: checkpoint format {meta.get('format')!r}, this learner "
                          f"reads format {FORMAT}")
+    if meta.get("tag", "full") != tag:
+        raise ValueError(f"{meta_path}: written by a learner with {meta.get('tag', 'full')!r}, "
+                         f"this one has {tag!r}; set model.lora.* as in the run that saved it")
     model, optim, flat = _tensors(module, opt)
-    dcp.load(flat, checkpoint_id=path)
-    set_model_state_dict(module, model)
+    dcp.load(flat, checkpoint_id=path)  # raises on any key the checkpoint lacks
+    # Frozen parameters are not in `model`; they are not missing.
+    frozen = any(not p.requires_grad for p in module.parameters())
+    set_model_state_dict(module, model, options=StateDictOptions(strict=not frozen))
     if len(meta["lrs"]) != len(optim["param_groups"]):
         raise ValueError(f"{meta_path}: {len(meta['lrs'])} optimizer param groups saved, "
                          f"{len(optim['param_groups'])} now; the model or optimizer changed")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -228,6 +229,35 @@ def init_process_group(device: torch.device, rank: int, world: int,
         from rlft.workers.placement import free_port
 
         init_method = f"tcp://127.0.0.1:{free_port()}"
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                            init_method=init_method, rank=rank, world_size=world)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    store = _loopback_store(init_method, rank, world)
+    if store is not None:
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+    else:
+        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
     return True
+
+
+def _loopback_store(init_method: str, rank: int, world: int) -> dist.TCPStore | None:
+    """For a `tcp://127.0.0.1:PORT` rendezvous, a store that listens on loopback only.
+
+    torch's TCPStore server listens on every interface, whatever host the URL
+    names, and takes no password; rank 0 binds the port on 127.0.0.1 itself and
+    hands the socket over. Gloo is pointed at the loopback interface as well.
+    """
+    host, _, port = init_method.removeprefix("tcp://").rpartition(":")
+    if not init_method.startswith("tcp://") or host not in ("127.0.0.1", "localhost"):
+        return None
+    if os.path.exists("/sys/class/net/lo"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    fd = None
+    if rank == 0:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", int(port)))
+        sock.listen()
+        fd = sock.detach()  # the store owns the socket from here on
+    from torch.distributed.constants import default_pg_timeout
+
+    return dist.TCPStore("127.0.0.1", int(port), world, rank == 0, timeout=default_pg_timeout,
+                         master_listen_fd=fd)

@@ -13,6 +13,7 @@ N ranks call it, in the same order (the lead's Ray actors do).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -24,11 +25,11 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from rlft import learn_ckpt
+from rlft import learn_ckpt, lora
 from rlft.algos import losses  # noqa: F401  (registers the loss terms)
 from rlft.algos.aggregation import aggregate
 from rlft.algos.base import LOSSES, GlobalCounts, LossInputs
-from rlft.algos.spec import LossTermSpec
+from rlft.algos.spec import LossTermSpec, token_mask
 from rlft.learn_utils import (
     LR_SCHEDULES,
     MicroBatch,
@@ -47,9 +48,11 @@ from rlft.learn_utils import (
     stand_in_inputs,
     term_names,
 )
+from rlft.lora import LoraParams
 from rlft.types import TrainBatch
 
-__all__ = ["Learner", "LearnerParams", "LossTermSpec", "NonFiniteError", "UpdateStats"]
+__all__ = ["Learner", "LearnerParams", "LoraParams", "LossTermSpec", "NonFiniteError",
+           "UpdateStats"]
 
 log = logging.getLogger("rlft.learner")
 
@@ -75,6 +78,7 @@ class LearnerParams:
     param_dtype: str = "float32"
     seed: int = 0
     max_nonfinite_steps: int = 3  # raise after this many skipped updates in a row
+    lora: LoraParams = field(default_factory=LoraParams)  # r > 0: train adapters only
 
     def __post_init__(self) -> None:
         checks = [
@@ -120,6 +124,12 @@ class Learner:
     hub id or a built-in alias such as "tiny-random"), or a factory returning a
     Hugging Face *ForCausalLM. Ranks build the same initial weights (same
     source, same seed).
+
+    With `params.lora.r > 0` the policy gets peft LoRA adapters before sharding
+    and the optimizer holds the adapters only. A `ref_model` equal to `model`
+    is then not loaded: the reference is the policy with its adapters off.
+    Outside the learner (weight sync, `named_weights`, merged export) the
+    adapters are folded into plain weights under the base model's names.
     """
 
     def __init__(self, model: ModelSource, params: LearnerParams, rank: int = 0,
@@ -145,13 +155,20 @@ class Learner:
         if params.grad_checkpointing:
             # Non-reentrant checkpointing is the variant FSDP2 supports.
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # The PeftModel injects adapters into `lm` in place; `lm` stays the module
+        # that runs and is sharded (the adapters shard with their decoder layer).
+        self.peft = lora.wrap(lm, params.lora) if params.lora.enabled else None
+        self._lora_specs = lora.merge_specs(lm) if self.peft is not None else {}
         self.policy = self._shard(PolicyLogprobs(lm, params.logprob_chunk))
         self.ref = None
-        if ref_model is not None:
+        self._ref_is_base = self.peft is not None and ref_model is not None and (
+            ref_model is model or ref_model == model)
+        if ref_model is not None and not self._ref_is_base:
             ref = build_model(ref_model).eval()
             ref.requires_grad_(False)
             self.ref = self._shard(PolicyLogprobs(ref, params.logprob_chunk))
-        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=params.lr, betas=params.betas,
+        self.trainable = [p for p in self.policy.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.trainable, lr=params.lr, betas=params.betas,
                                      eps=params.eps, weight_decay=params.weight_decay,
                                      fused=self.device.type == "cuda")
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(
@@ -186,10 +203,16 @@ class Learner:
         others (and position 0) are 0. Pass `batch.attention_mask` to score
         every token. Returns CPU float32 tensors. Collective.
         """
-        module = self.ref if ref else self.policy
+        module = self.policy if (not ref or self._ref_is_base) else self.ref
         if module is None:
             raise RuntimeError("compute_logprobs(ref=True) needs a reference model: construct "
                                "the Learner with ref_model=")
+        adapters_off = self.peft.disable_adapter() if ref and self._ref_is_base else None
+        with adapters_off or contextlib.nullcontext():
+            return self._logprobs(module, batch, mask)
+
+    def _logprobs(self, module: PolicyLogprobs, batch: TrainBatch, mask: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
         check_batch(batch)
         select = batch.response_mask if mask is None else mask
         if tuple(select.shape) != tuple(batch.input_ids.shape):
@@ -233,8 +256,11 @@ class Learner:
         if not terms:
             raise ValueError("Learner.update needs at least one LossTermSpec")
         self.policy.train()
-        masks = [rows_mask(batch, t.rows) for t in terms]  # each [B, L]
-        counts, resp_tokens = self._global_counts(batch, masks)
+        masks = [rows_mask(batch, t.rows) & token_mask(batch, t.tokens) for t in terms]  # [B, L]
+        norm_masks = [m if t.norm_tokens is None else
+                      rows_mask(batch, t.rows) & token_mask(batch, t.norm_tokens)
+                      for t, m in zip(terms, masks)]  # whose counts normalise each term
+        counts, resp_tokens = self._global_counts(batch, norm_masks)
         names = term_names([t.loss for t in terms])
         sums: dict[str, torch.Tensor] = {}
         for mb in self._plan(batch):
@@ -306,7 +332,7 @@ class Learner:
         loss = values.pop("loss", 0.0)
         entropy = values.pop("entropy", 0.0) / max(resp_tokens, 1)
         max_norm = self.p.max_grad_norm if self.p.max_grad_norm > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
+        norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
         norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         lr = self.sched.get_last_lr()[0]
         skipped = not (math.isfinite(norm) and math.isfinite(loss))
@@ -341,13 +367,20 @@ class Learner:
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Full (unsharded) fp32 CPU weights under the model's own state_dict names.
 
+        With LoRA: the adapters merged in, under the base model's names (no
+        `.base_layer`, no lora_* tensors), which is what rollout engines load.
         Collective and eager (every rank must call it; the gather happens before
         it returns). Only rank 0 gets the weights; other ranks get an empty
         iterator.
         """
+        named = self._raw_weights()
+        return iter(lora.merged(named, self._lora_specs) if self.peft is not None else named)
+
+    def _raw_weights(self) -> list[tuple[str, torch.Tensor]]:
+        """The wrapped model's full state dict (adapters separate) on rank 0. Collective."""
         state = get_model_state_dict(self.policy, options=StateDictOptions(
             full_state_dict=True, cpu_offload=True))
-        return iter([(name.removeprefix("lm."), t) for name, t in state.items()])
+        return [(name.removeprefix("lm."), t) for name, t in state.items()]
 
     def full_state(self) -> dict[str, torch.Tensor] | None:
         """`named_weights` as a dict on rank 0, None elsewhere. Collective."""
@@ -364,24 +397,37 @@ class Learner:
     def save(self, path: str) -> None:
         """Model, optimizer, scheduler, counters and RNG into the folder `path`
         (see `rlft.learn_ckpt`). Collective; every rank writes its shards."""
-        learn_ckpt.save(path, self.policy, self.opt, self.sched, self._counters(), self.rank)
+        learn_ckpt.save(path, self.policy, self.opt, self.sched, self._counters(), self.rank,
+                        self.p.lora.tag())
 
     def load(self, path: str) -> None:
         """Restore a `save` folder (any world size). Collective. A continued run
         is bit-identical to an uninterrupted one on CPU."""
-        counters = learn_ckpt.load(path, self.policy, self.opt, self.sched, self.rank)
+        counters = learn_ckpt.load(path, self.policy, self.opt, self.sched, self.rank,
+                                   self.p.lora.tag())
         self.steps = counters.get("steps", 0)
         self.nonfinite_in_a_row = counters.get("nonfinite_in_a_row", 0)
 
     def _counters(self) -> dict[str, int]:
         return {"steps": self.steps, "nonfinite_in_a_row": self.nonfinite_in_a_row}
 
-    def export_hf(self, path: str) -> None:
-        """A `save_pretrained` folder (weights + config) written by rank 0.
-        The tokenizer is the caller's. Collective."""
+    def export_hf(self, path: str, merged: bool = True) -> None:
+        """A `save_pretrained` folder written by rank 0: the model (weights, adapters
+        merged, + config), or with `merged=False` the LoRA adapter alone, for
+        `PeftModel.from_pretrained(base, path)`. The tokenizer is the caller's.
+        Collective."""
         if self._hf_config is None:  # checked on every rank, before the collective
             raise TypeError("export_hf needs a Hugging Face model (with .config); this "
                             "learner was built from a model without one")
+        if not merged:
+            if self.peft is None:
+                raise ValueError("export_hf(merged=False) writes a LoRA adapter, but this "
+                                 "learner has none (model.lora.r=0); export merged instead")
+            raw = self._raw_weights()
+            if self.rank == 0:
+                lora.save_adapter(self.peft, raw, path)
+            dist.barrier()
+            return
         state = dict(self.named_weights())
         if self.rank == 0:
             from transformers import AutoModelForCausalLM
