@@ -41,6 +41,7 @@ What vLLM (0.32) gives us and how it is used:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,18 @@ from rlft.workers.weight_sync import bucketize
 
 EXTENSION = "rlft.workers.vllm_engine.VLLMWorkerExtension"
 FINISH_REASONS = ("stop", "length")
+
+
+class _QuietRotaryReload(logging.Filter):
+    """Every reload, vLLM warns that RotaryEmbedding "failed to load weights": its
+    cos/sin cache is computed, never in a checkpoint, and vLLM keeps it as is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("RotaryEmbedding: Failed to load weights")
+
+
+logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(
+    _QuietRotaryReload())
 
 
 class VLLMWorkerExtension:

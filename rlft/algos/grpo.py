@@ -1,24 +1,34 @@
 """GRPO: group-relative advantages, PPO-clip surrogate, optional KL and entropy.
 
 Variants are options, not new code paths: `algo.advantage=dr_grpo|rloo|
-reinforce_pp`, `algo.loss_agg=seq_mean_token_sum_norm` (Dr.GRPO), and DAPO's
-clip-higher via `algo.clip_high=0.28`.
+reinforce_pp`, `algo.loss_agg=seq_mean_token_sum_norm` (Dr.GRPO), DAPO's
+clip-higher via `algo.clip_high=0.28` and its dynamic sampling via
+`algo.filter_groups=true` (groups whose rewards are all equal are dropped and,
+with `algo.filter_rounds > 1`, refilled from more prompts).
+
+`policy_terms` and `common` are shared with the specs that extend GRPO
+(CHORD, Prefix-RFT).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from rlft.algos.base import AdvantageParams
 from rlft.algos.spec import ALGORITHMS, Algorithm, LossTermSpec
 
 
-@ALGORITHMS.register("grpo")
-def build(cfg: Any) -> Algorithm:
+def policy_terms(cfg: Any, scale: float = 1.0, ppo: tuple[LossTermSpec, ...] | None = None
+                 ) -> tuple[LossTermSpec, ...]:
+    """GRPO's terms on sampled rows, every weight times `scale`.
+
+    `ppo` replaces the single PPO-clip term (Prefix-RFT splits it by token kind).
+    """
     a = cfg.algo
     # Dr.GRPO's constant normaliser is the longest response the run allows.
-    norm = float(cfg.rollout.max_new_tokens)
-    terms = [
+    norm = norm_const(cfg)
+    terms = list(ppo) if ppo is not None else [
         LossTermSpec("ppo_clip", 1.0, "policy", a.loss_agg, norm_const=norm,
                      params={"clip_low": a.clip_low, "clip_high": a.clip_high,
                              "dual_clip": a.dual_clip}),
@@ -29,13 +39,28 @@ def build(cfg: Any) -> Algorithm:
     if a.entropy_coef > 0:
         terms.append(LossTermSpec("entropy_bonus", a.entropy_coef, "policy", a.loss_agg,
                                   norm_const=norm))
-    fixed = tuple(terms)
+    return tuple(_scaled(t, scale) for t in terms)
+
+
+def norm_const(cfg: Any) -> float:
+    return float(cfg.rollout.max_new_tokens)
+
+
+def _scaled(term: LossTermSpec, scale: float) -> LossTermSpec:
+    return term if scale == 1.0 else replace(term, weight=term.weight * scale)
+
+
+def common(cfg: Any) -> dict[str, Any]:
+    """Algorithm fields every GRPO-family spec takes from `cfg.algo` unchanged."""
+    a = cfg.algo
     advantage = a.advantage or "grpo"
-    return Algorithm(
-        name="grpo",
-        advantage=advantage,
-        adv_params=AdvantageParams(eps=a.eps, gamma=a.gamma, lam=a.lam),
-        terms=lambda step: fixed,
-        needs_ref=a.kl_coef > 0,
-        min_group_size=1 if advantage == "reinforce_pp" else 2,
-    )
+    return dict(advantage=advantage, adv_params=AdvantageParams(eps=a.eps, gamma=a.gamma, lam=a.lam),
+                needs_ref=a.kl_coef > 0,
+                min_group_size=1 if advantage == "reinforce_pp" else 2,
+                filter_groups=a.filter_groups, filter_rounds=a.filter_rounds)
+
+
+@ALGORITHMS.register("grpo")
+def build(cfg: Any) -> Algorithm:
+    fixed = policy_terms(cfg)
+    return Algorithm(name="grpo", terms=lambda step: fixed, **common(cfg))
