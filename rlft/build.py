@@ -7,14 +7,17 @@ import importlib.util
 import logging
 
 from rlft.algos.spec import Algorithm
-from rlft.config import Config
+from rlft.config import Config, ConfigError
 from rlft.data import PromptSampler, build_prompts, load_rows
 from rlft.models import load_tokenizer, resolve_model
-from rlft.rewards.base import RewardTerm
-from rlft.workers.learner import Learner, LearnerParams
+from rlft.registry import RegistryError
+from rlft.rewards.base import RewardTerm, load_term
+from rlft.workers.critic import Critic, CriticParams
+from rlft.workers.learner import Learner, LearnerParams, LoraParams
 from rlft.workers.placement import Pools, actor, free_port, gpus_per_actor, init_ray
 from rlft.workers.reward import RewardService
 from rlft.workers.rollout import RolloutWorker, SamplingParams
+from rlft.workers.self_reward import SelfRewardScorer
 
 log = logging.getLogger("rlft")
 
@@ -33,12 +36,14 @@ def sampling_params(cfg: Config, seed: int) -> SamplingParams:
 
 
 def learner_params(cfg: Config) -> LearnerParams:
-    t = cfg.train
+    t, lo = cfg.train, cfg.model.lora
     return LearnerParams(
         lr=t.lr, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
         total_steps=t.steps, lr_schedule=t.lr_schedule, max_grad_norm=t.max_grad_norm,
         micro_batch_tokens=t.micro_batch_tokens, grad_checkpointing=cfg.model.grad_checkpointing,
         seed=t.seed, max_nonfinite_steps=t.max_nonfinite_steps, param_dtype=cfg.model.dtype,
+        lora=LoraParams(r=lo.r, alpha=lo.alpha, dropout=lo.dropout,
+                        target_modules=tuple(lo.target_modules)),
     )
 
 
@@ -54,29 +59,97 @@ def build_prompts_for(cfg: Config, split: str | None = None) -> tuple[PromptSamp
                                source_name=f"{d.source} [{split}]")
     if prompt_set.skipped:
         log.warning("skipped %d malformed rows of %s", prompt_set.skipped, d.source)
+    _check_context(cfg, max(len(p.prompt_ids) for p in prompt_set.prompts))
     sampler = PromptSampler(prompt_set.prompts, cfg.rollout.prompts_per_step, seed=cfg.train.seed,
                             shuffle=d.shuffle)
     return sampler, tokenizer.pad_token_id
 
 
 def build_pools(cfg: Config, algo: Algorithm) -> Pools:
-    """Start the rollout workers, the reward service and the learner ranks."""
+    """Start the rollout workers, the reward actor (`algo.reward_source`), the learner
+    ranks and, when the spec needs one, the critic ranks."""
+    terms = reward_terms(cfg) if algo.reward_source == "service" else []
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
-    model_path = resolve_model(cfg.model.name)  # converts/caches once, before actors race for it
+    # Converts/caches once, before actors race for it.
+    model_path = resolve_model(algo.policy_model or cfg.model.name)
     ref_path = resolve_model(cfg.model.ref_name) if cfg.model.ref_name else model_path
     gpus = gpus_per_actor()
     engine = engine_name(cfg)
+    # Rollout and reward actors are restarted when they die (the controller re-sends
+    # weights to a restarted rollout worker); learners never are: a fresh learner
+    # would silently train from the initial weights.
+    restarts = dict(max_restarts=cfg.ray.max_restarts, max_task_retries=cfg.ray.max_task_retries)
     rollout = [actor(RolloutWorker, engine=engine, model_path=model_path, seed=cfg.train.seed + i,
-                     num_gpus=gpus)
+                     num_gpus=gpus, **restarts)
                for i in range(cfg.rollout.num_workers)]
-    terms = [RewardTerm(t.name, t.weight, dict(t.kwargs)) for t in cfg.reward.terms]
-    reward = actor(RewardService, terms, num_workers=cfg.reward.num_workers,
-                   timeout_s=cfg.reward.timeout_s, fallback=cfg.reward.fallback,
-                   max_failure_frac=cfg.reward.max_failure_frac)
+    reward = REWARD_ACTORS[algo.reward_source](cfg, algo, terms, dict(num_gpus=gpus, **restarts))
     world = cfg.train.learner_workers
     init = f"tcp://127.0.0.1:{free_port()}"
     learners = [actor(Learner, model_path, learner_params(cfg), rank=r, world_size=world,
                       init_method=init, ref_model=ref_path if algo.needs_ref else None,
                       num_gpus=gpus)
                 for r in range(world)]
-    return Pools(rollout=rollout, reward=reward, learners=learners)
+    critics = []
+    if algo.needs_critic:  # its own process group: one rank per learner rank
+        init_c = f"tcp://127.0.0.1:{free_port()}"
+        critics = [actor(Critic, model_path, critic_params(cfg), rank=r, world_size=world,
+                         init_method=init_c, num_gpus=gpus) for r in range(world)]
+    return Pools(rollout=rollout, reward=reward, learners=learners, critics=critics)
+
+
+def _service(cfg: Config, algo: Algorithm, terms: list[RewardTerm], opts: dict) -> object:
+    opts = {**opts, "num_gpus": 0}  # reward functions run on CPU processes
+    return actor(RewardService, terms, num_workers=cfg.reward.num_workers,
+                 timeout_s=cfg.reward.timeout_s, fallback=cfg.reward.fallback,
+                 max_failure_frac=cfg.reward.max_failure_frac, **opts)
+
+
+def _self_reward(cfg: Config, algo: Algorithm, terms: list[RewardTerm], opts: dict) -> object:
+    a = algo.reward_args
+    return actor(SelfRewardScorer, resolve_model(a["sft_model"]), resolve_model(a["base_model"]),
+                 norm=a["norm"], eps=a["eps"], micro_batch_tokens=cfg.train.micro_batch_tokens,
+                 dtype=cfg.model.dtype, **opts)
+
+
+# Algorithm.reward_source -> the actor that scores rollouts (its verb: score).
+REWARD_ACTORS = {"service": _service, "self_reward": _self_reward}
+
+
+def critic_params(cfg: Config) -> CriticParams:
+    t = cfg.train
+    return CriticParams(lr=cfg.algo.ppo.critic_lr, weight_decay=t.weight_decay,
+                        warmup_steps=t.warmup_steps, total_steps=t.steps,
+                        lr_schedule=t.lr_schedule, max_grad_norm=t.max_grad_norm,
+                        micro_batch_tokens=t.micro_batch_tokens, param_dtype=cfg.model.dtype,
+                        seed=t.seed, grad_checkpointing=cfg.model.grad_checkpointing)
+
+
+def reward_terms(cfg: Config) -> list[RewardTerm]:
+    """The reward terms, each resolved once here so that a missing file, a missing
+    function or a bad kwarg fails before Ray and the models start (the reward
+    actor resolves them again in its own process)."""
+    terms = []
+    for i, t in enumerate(cfg.reward.terms):
+        try:
+            term = RewardTerm(t.name, t.weight, dict(t.kwargs))
+            load_term(term)
+        except (RegistryError, TypeError, ValueError) as exc:
+            raise ConfigError(f"reward.terms[{i}] ({t.name!r}): {exc}") from exc
+        terms.append(term)
+    return terms
+
+
+def _check_context(cfg: Config, longest_prompt: int) -> None:
+    """The longest prompt plus rollout.max_new_tokens must fit the model's context;
+    checked from the model's config.json, before any weights are loaded."""
+    from transformers import AutoConfig
+
+    limit = getattr(AutoConfig.from_pretrained(resolve_model(cfg.model.name)),
+                    "max_position_embeddings", None)
+    need = longest_prompt + cfg.rollout.max_new_tokens
+    if limit is not None and need > limit:
+        raise ConfigError(
+            f"the longest prompt of {cfg.data.source} has {longest_prompt} tokens; with "
+            f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} that is {need} tokens, over "
+            f"the context of {cfg.model.name} ({limit}); lower rollout.max_new_tokens or "
+            f"data.max_prompt_tokens (longer prompts become bad rows)")

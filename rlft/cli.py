@@ -7,13 +7,17 @@ import logging
 import sys
 
 from rlft.config import Config, ConfigError, describe, load_config, to_yaml
+from rlft.export import ExportError
 
 USAGE = """rlft COMMAND ...
 
 commands:
   train [CONFIG.yaml] [key.sub=value ...] [--resume auto|CKPT] [--print-config]
+  sft [CONFIG.yaml] [key.sub=value ...]                     supervised fine-tune on the rows' demonstrations (sft.*)
   reward check REWARD --data FILE [--completions FILE]   (see rlft reward check -h)
   export RUN_DIR OUT_DIR                                    Hugging Face folder of the newest checkpoint
+  eval CONFIG|RUN_DIR [key.sub=value ...] [--k K] [--limit N] [--out DIR]
+                                      pass@k and mean reward on data.eval_split (eval.json, eval.md)
   config                                                    every config key, its default and meaning
 """
 
@@ -34,12 +38,23 @@ def main(argv: list[str] | None = None) -> int:
             return reward_check(rest[1:])
         if cmd == "export":
             return _export(rest)
+        if cmd == "sft":
+            from rlft.sft import main as sft
+
+            return sft(rest)
+        if cmd == "eval":
+            from rlft.evaluate import main as evaluate
+
+            return evaluate(rest)
         if cmd == "config":
             for path, default, help_ in describe(Config):
                 print(f"{path:32} {default:28} {help_}")
             return 0
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"unknown command {' '.join(argv[:2])!r}\n\n{USAGE}", file=sys.stderr)
     return 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -39,12 +40,27 @@ def _copy(value: Any) -> Any:
 
 
 @dataclass
+class LoraConfig:
+    r: int = doc(0, "LoRA adapter rank; 0 = off (full fine-tuning). With r > 0 only the "
+                 "adapters train (raise train.lr, e.g. 1e-5..1e-4).", lo=0)
+    alpha: float = doc(16.0, "LoRA alpha: the adapter output is scaled by alpha / r.", lo=1e-9)
+    dropout: float = doc(0.0, "Dropout on the adapter input while training.", lo=0.0, hi=0.99)
+    target_modules: list = doc([], "Module names that get adapters, e.g. [q_proj, v_proj]; "
+                               "empty = every linear layer of the decoder (not lm_head).")
+    export: str = doc("merged", "What `rlft export` writes: merged (a plain HF model folder) or "
+                      "adapter (a peft adapter folder for PeftModel.from_pretrained).",
+                      choices=("merged", "adapter"))
+
+
+@dataclass
 class ModelConfig:
     name: str = doc("smollm2-135m-instruct", "Policy model: a built-in alias (smollm2-135m-instruct, "
                     "tiny-random), a local Hugging Face folder, or a hub id.")
     ref_name: str | None = doc(None, "Reference model for KL; default: the policy's initial weights.")
     dtype: str = doc("float32", "Parameter dtype of the learner.", choices=("float32", "bfloat16"))
     grad_checkpointing: bool = doc(False, "Recompute activations in backward to save memory.")
+    lora: LoraConfig = doc(LoraConfig(), "LoRA adapters (peft); rollout engines get merged "
+                           "weights.")
 
 
 @dataclass
@@ -70,7 +86,7 @@ class RolloutConfig:
     n: int = doc(8, "Samples per prompt (the group size G).", lo=1)
     temperature: float = doc(1.0, "Sampling temperature (0 = greedy).", lo=0.0)
     top_p: float = doc(1.0, "Nucleus sampling mass.", lo=0.0, hi=1.0)
-    max_new_tokens: int = doc(64, "Response length cap in tokens.", lo=1)
+    max_new_tokens: int = doc(24, "Response length cap in tokens.", lo=1)
     stop: list = doc([], "Extra stop strings (EOS always stops).")
     max_batch: int = doc(64, "Sequences generated together by one engine call.", lo=1)
 
@@ -93,8 +109,77 @@ class RewardConfig:
 
 
 @dataclass
+class ChordConfig:
+    mu_peak: float = doc(0.5, "CHORD: peak weight mu of the expert term; the GRPO part weighs "
+                         "1 - mu.", lo=0.0, hi=1.0)
+    mu_valley: float = doc(0.02, "CHORD: mu after the cosine decay.", lo=0.0, hi=1.0)
+    warmup_steps: int = doc(0, "CHORD: steps of linear mu warm-up from 0 to mu_peak.", lo=0)
+    decay_steps: int = doc(16, "CHORD: steps of cosine mu decay from mu_peak to mu_valley.", lo=0)
+    expert_ratio: float = doc(0.2, "CHORD: fraction of each step's train batch that are "
+                              "demonstration rows (the prompts' `demonstration`); 0.2 with 64 "
+                              "sampled rows adds 16.", lo=0.0, hi=0.9)
+    phi: bool = doc(True, "CHORD: weight expert tokens by p(1-p) (CHORD-phi); false: SFT weights.")
+    cutoff_prob: float | None = doc(None, "CHORD: expert tokens the policy already gives "
+                                    "p > this get weight 0.", lo=0.0, hi=1.0)
+
+
+@dataclass
+class PrefixConfig:
+    fraction: float = doc(0.5, "Prefix-RFT: fraction of each prompt's rollout.n samples that "
+                          "continue from a demonstration prefix (rounded).", lo=0.0, hi=1.0)
+    low_start: float = doc(0.5, "Prefix-RFT: lowest prefix ratio (share of the demonstration's "
+                           "tokens) at step 0.", lo=0.0, hi=1.0)
+    high_start: float = doc(0.95, "Prefix-RFT: highest prefix ratio at step 0.", lo=0.0, hi=1.0)
+    low_end: float = doc(0.05, "Prefix-RFT: lowest prefix ratio at the last step.", lo=0.0, hi=1.0)
+    high_end: float = doc(0.5, "Prefix-RFT: highest prefix ratio at the last step.", lo=0.0, hi=1.0)
+    schedule: str = doc("cosine", "Prefix-RFT: how the ratio window moves from start to end over "
+                        "train.steps.", choices=("constant", "linear", "cosine"))
+    beta_a: float = doc(1.0, "Prefix-RFT: ratio = low + (high - low) * Beta(beta_a, beta_b); "
+                        "1, 1 is uniform.", lo=0.0)
+    beta_b: float = doc(1.0, "Prefix-RFT: second Beta shape.", lo=0.0)
+    entropy_top_frac: float = doc(0.2, "Prefix-RFT: prefix tokens keep their loss only among "
+                                  "the step's highest-entropy fraction (0.2 = top 20%).",
+                                  lo=0.0, hi=1.0)
+    clip_low: float | None = doc(None, "Prefix-RFT: PPO clip below 1 for prefix tokens "
+                                 "(default algo.clip_low).", lo=0.0)
+    clip_high: float | None = doc(None, "Prefix-RFT: PPO clip above 1 for prefix tokens "
+                                  "(default algo.clip_high).", lo=0.0)
+    group_by: str = doc("prompt_prefix", "Prefix-RFT advantage groups: prompt_prefix (prefixed "
+                        "and plain samples of a prompt are separate groups) or prompt (one mixed "
+                        "group per prompt).", choices=("prompt_prefix", "prompt"))
+
+
+@dataclass
+class PPOConfig:
+    critic_lr: float = doc(1e-5, "PPO: learning rate of the critic (a value head on its own copy "
+                           "of the policy's backbone; schedule and warm-up as train.*).", lo=0.0)
+    value_clip: float | None = doc(0.2, "PPO: the value loss keeps the new value within this of "
+                                   "the rollout-time value (clipped loss); null: no clipping.",
+                                   lo=0.0)
+    kl_in_reward: bool = doc(False, "PPO: apply algo.kl_coef as a per-token KL penalty in the "
+                             "reward (r_t -= kl_coef * KL_t, estimator algo.kl_estimator) "
+                             "instead of as a loss term.")
+
+
+@dataclass
+class SelfRewardConfig:
+    sft_model: str | None = doc(None, "Self-Rewarding PPO: pi_SFT of the reward (folder, alias or "
+                                "hub id); unset: the run first fine-tunes model.name on the "
+                                "rows' demonstrations (sft.*) into <run folder>/sft.")
+    base_model: str | None = doc(None, "Self-Rewarding PPO: pi_base of the reward; default: "
+                                 "model.name.")
+    norm: str = doc("none", "Self-Rewarding PPO: reward = sum_t log pi_SFT - log pi_base over the "
+                    "response, then none | token_mean (divided by its token count) | "
+                    "group_zscore (within each prompt's samples) | batch_zscore.",
+                    choices=("none", "token_mean", "group_zscore", "batch_zscore"))
+    init_from_sft: bool = doc(True, "Self-Rewarding PPO: the policy, critic and KL reference start "
+                              "from pi_SFT; false: from model.name.")
+
+
+@dataclass
 class AlgoConfig:
-    name: str = doc("grpo", "Algorithm spec (rlft/algos/<name>.py).", choices=("grpo",))
+    name: str = doc("grpo", "Algorithm spec (rlft/algos/<name>.py).",
+                    choices=("grpo", "chord", "prefix_rft", "ppo", "self_rewarding_ppo"))
     advantage: str | None = doc(None, "Override the spec's advantage estimator "
                                 "(grpo, dr_grpo, rloo, reinforce_pp, gae).")
     eps: float = doc(1e-6, "Std floor in group/batch normalisation.", lo=0.0)
@@ -110,13 +195,22 @@ class AlgoConfig:
     entropy_coef: float = doc(0.0, "Entropy bonus weight.", lo=0.0)
     loss_agg: str = doc("token_mean", "How per-token losses are reduced.", choices=(
         "token_mean", "seq_mean_token_sum", "seq_mean_token_mean", "seq_mean_token_sum_norm"))
+    filter_groups: bool = doc(False, "DAPO dynamic sampling: drop groups whose rewards are all "
+                              "equal (zero advantage).")
+    filter_rounds: int = doc(1, "DAPO dynamic sampling: prompt batches drawn per step at most, "
+                             "to refill the groups that were dropped.", lo=1)
+    chord: ChordConfig = doc(ChordConfig(), "CHORD settings (algo.name=chord).")
+    prefix: PrefixConfig = doc(PrefixConfig(), "Prefix-RFT settings (algo.name=prefix_rft).")
+    ppo: PPOConfig = doc(PPOConfig(), "PPO critic settings (algo.name=ppo, self_rewarding_ppo).")
+    self_reward: SelfRewardConfig = doc(SelfRewardConfig(), "Self-Rewarding PPO settings "
+                                        "(algo.name=self_rewarding_ppo).")
 
 
 @dataclass
 class TrainConfig:
     steps: int = doc(16, "Training steps (one rollout batch and one optimizer step each).", lo=1)
     seed: int = doc(0, "Seed for data order, sampling and initialisation.")
-    lr: float = doc(2e-6, "Peak learning rate.", lo=0.0)
+    lr: float = doc(2e-5, "Peak learning rate.", lo=0.0)
     lr_schedule: str = doc("constant", "Decay after warm-up.", choices=("constant", "cosine", "linear"))
     warmup_steps: int = doc(0, "Linear learning-rate warm-up steps.", lo=0)
     weight_decay: float = doc(0.0, "AdamW weight decay.", lo=0.0)
@@ -124,6 +218,22 @@ class TrainConfig:
     micro_batch_tokens: int = doc(4096, "Token budget of one learner micro-batch (padded).", lo=1)
     learner_workers: int = doc(1, "Learner ranks (FSDP data-parallel world size).", lo=1)
     max_nonfinite_steps: int = doc(3, "Abort after this many NaN/inf updates in a row.", lo=1)
+    eval_every: int = doc(0, "Evaluate on data.eval_split every N steps with the running rollout "
+                          "workers; eval/* metrics join that step's record (0 = off).", lo=0)
+    eval_prompts: int = doc(64, "Prompts per in-loop evaluation: the first N of data.eval_split "
+                            "(0 = all).", lo=0)
+    eval_threshold: float = doc(0.5, "Evaluation: a sample counts as correct for pass@k when its "
+                                "total reward is >= this.")
+
+
+@dataclass
+class SftConfig:
+    steps: int = doc(32, "SFT (`rlft sft`, Self-Rewarding PPO's first stage): optimizer steps on "
+                     "the rows' demonstrations (prompt tokens masked out).", lo=1)
+    batch_size: int = doc(8, "SFT: demonstrations per step.", lo=1)
+    lr: float = doc(1e-5, "SFT: learning rate (constant; train.* gives the rest).", lo=0.0)
+    out: str | None = doc(None, "`rlft sft`: output Hugging Face folder; default "
+                          "<logging.run_dir>/<logging.run_name or sft-TIME>/model.")
 
 
 @dataclass
@@ -144,6 +254,10 @@ class LoggingConfig:
 class RayConfig:
     address: str | None = doc(None, "Ray cluster to join; default: RAY_ADDRESS, else a local one.")
     num_cpus: int | None = doc(None, "CPUs for a local cluster (default: all).", lo=1)
+    max_restarts: int = doc(3, "Times Ray restarts a dead rollout or reward actor (learners "
+                            "are never restarted: their state is in the last checkpoint).", lo=0)
+    max_task_retries: int = doc(3, "Times a call to a restarted rollout or reward actor is "
+                                "retried before the step fails.", lo=0)
 
 
 @dataclass
@@ -154,6 +268,7 @@ class Config:
     reward: RewardConfig = doc(RewardConfig(), "Rewards.")
     algo: AlgoConfig = doc(AlgoConfig(), "Algorithm.")
     train: TrainConfig = doc(TrainConfig(), "Optimisation.")
+    sft: SftConfig = doc(SftConfig(), "Supervised fine-tuning on demonstrations.")
     checkpoint: CheckpointConfig = doc(CheckpointConfig(), "Checkpoints.")
     logging: LoggingConfig = doc(LoggingConfig(), "Metrics.")
     ray: RayConfig = doc(RayConfig(), "Cluster.")
@@ -169,14 +284,23 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {path!r} does not exist")
-        raw = yaml.safe_load(p.read_text()) or {}
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path!r} is not valid YAML: {exc}") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path!r} must hold a mapping at the top level")
+        raw.pop("_run", None)  # provenance in a run folder's config.yaml, not a setting
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc}); "
+                              "quote it, e.g. key='a: b'") from exc
+        _set_dotted(raw, key.strip(), parsed)
     cfg = _build(Config, raw, "")
     _check_cross_fields(cfg)
     return cfg
@@ -250,7 +374,12 @@ def _scalar(tp: type, value: Any, path: str, meta: Any) -> Any:
           str: isinstance(value, str)}[tp]
     if not ok:
         raise ConfigError(f"{path}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
-    value = tp(value)
+    try:
+        value = tp(value)
+    except OverflowError as exc:  # an int too large for a float
+        raise ConfigError(f"{path}: {str(value)[:20]}... is too large ({exc})") from exc
+    if tp is float and math.isnan(value):  # NaN passes every range comparison below
+        raise ConfigError(f"{path}: expected a number, got NaN")
     choices = meta.get("choices") or ()
     if choices and value not in choices:
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)

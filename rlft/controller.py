@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import ray
@@ -17,12 +17,23 @@ import torch
 
 from rlft import checkpoint
 from rlft.algos.spec import Algorithm, LossTermSpec, build_algorithm
-from rlft.batching import collate, with_advantages
+from rlft.batching import (
+    add_expert_rows,
+    collate,
+    first_groups,
+    merge_rounds,
+    num_groups,
+    take,
+    varied_groups,
+    with_advantages,
+)
 from rlft.build import build_pools, build_prompts_for, sampling_params
 from rlft.config import Config
+from rlft.evaluate import evaluate, spec_from
 from rlft.runs import RunFolder
 from rlft.tracking import make_sinks
 from rlft.types import PromptBatch, Rollouts, ScoredRollouts, StepMetrics, TrainBatch
+from rlft.workers.rollout import SamplingParams
 
 log = logging.getLogger("rlft")
 
@@ -34,7 +45,8 @@ class StageTimer:
     def run(self, name: str, fn, *args):
         start = time.perf_counter()
         out = fn(*args)
-        self.seconds[name] = time.perf_counter() - start
+        # Summed: a stage may run several times in one step (dynamic sampling).
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
         return out
 
 
@@ -43,12 +55,17 @@ class Trainer:
         self.cfg = cfg
         self.algo: Algorithm = build_algorithm(cfg)  # fails on bad algo settings before loading
         self.run = RunFolder.create(cfg, resume)
+        if self.algo.prepare is not None:  # a stage the algorithm needs first (e.g. SFT)
+            self.algo = self.algo.prepare(self.run.path)
         self.sampler, self.pad_id = build_prompts_for(cfg)
+        self.eval_prompts = build_prompts_for(cfg, cfg.data.eval_split)[0].prompts[
+            :cfg.train.eval_prompts or None] if cfg.train.eval_every else ()
         self.pools = build_pools(cfg, self.algo)
         self.step, self.version = 0, 0
         if self.run.resume_from is not None:
             self._restore(self.run.resume_from)
         self.history: list[StepMetrics] = []
+        self._adv_metrics: dict[str, float] = {}  # the spec's reward shaping, this step
 
     # -- the loop -----------------------------------------------------------
     def train(self) -> list[StepMetrics]:
@@ -59,6 +76,9 @@ class Trainer:
         try:
             while self.step < cfg.train.steps:
                 metrics = self.train_step()
+                if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
+                    extra = {f"eval/{k}": v for k, v in self.evaluate().items()}
+                    metrics = replace(metrics, extra={**metrics.extra, **extra})
                 self.history.append(metrics)
                 for sink in sinks:
                     sink.log(metrics)
@@ -73,24 +93,66 @@ class Trainer:
     def train_step(self) -> StepMetrics:
         t = StageTimer()
         step = self.step
-        batch = t.run("prompts", self.algo.make_batch, self.sampler.next_batch(), step,
-                      self.cfg.rollout.n)
-        rollouts = t.run("rollout", self.generate, batch, step)
-        scored = t.run("reward", self.score, rollouts)
-        train = t.run("advantage", self.advantages, scored)
+        batch, scored, kept, extra = self.collect(step, t)
+        self._adv_metrics = {}
+        train = t.run("advantage", self.advantages, kept, batch, step)
         terms = self.algo.terms(step)
         stats = t.run("update", self.update, train, terms)
+        if self.algo.needs_critic:
+            extra = {**extra, **t.run("critic", self.update_critic, train).flat()}
         self.version += 1
         t.run("sync", self.sync_weights)
         self.step += 1
-        return self._metrics(step, scored, stats, t.seconds)
+        return self._metrics(step, scored, stats, t.seconds, {**extra, **self._adv_metrics})
+
+    def collect(self, step: int, t: StageTimer
+                ) -> tuple[PromptBatch, ScoredRollouts, ScoredRollouts, dict[str, float]]:
+        """prompts -> rollout -> reward. With the spec's `filter_groups` (DAPO dynamic
+        sampling) groups whose rewards are all equal are dropped, and up to
+        `filter_rounds` prompt batches are drawn to refill the first round's number
+        of groups. Returns the first PromptBatch, every scored sample (for the
+        metrics) and the samples to train on, plus filter metrics."""
+        algo, batches, rounds, kept = self.algo, [], [], []
+        for r in range(algo.filter_rounds if algo.filter_groups else 1):
+            batch = t.run("prompts", algo.make_batch, self.sampler.next_batch(), step,
+                          self.cfg.rollout.n)
+            batches.append(batch)
+            seed = self.cfg.train.seed * 1_000_003 + step + r * 1_000_000_007
+            rollouts = t.run("rollout", self.generate, batch, step,
+                             sampling_params(self.cfg, seed=seed))
+            rounds.append(t.run("reward", self.score, rollouts))
+            if not algo.filter_groups:
+                return batch, rounds[0], rounds[0], {}
+            kept.append(take(rounds[-1], varied_groups(rounds[-1])))
+            if sum(num_groups(k) for k in kept) >= num_groups(rounds[0]):
+                break
+        train = first_groups(merge_rounds(kept), num_groups(rounds[0]))
+        extra = {"filter/kept_groups": float(num_groups(train)), "filter/rounds": len(rounds)}
+        if len(train.rollouts) == 0:
+            # Every group was uniform: all advantages are zero, so the first round
+            # is as good as none (only KL / entropy terms act) and keeps the step whole.
+            train = rounds[0]
+        return batches[0], merge_rounds(rounds), train, extra
 
     # -- the six calls ------------------------------------------------------
-    def generate(self, batch: PromptBatch, step: int) -> Rollouts:
-        params = sampling_params(self.cfg, seed=self.cfg.train.seed * 1_000_003 + step)
+    def generate(self, batch: PromptBatch, step: int,
+                 params: SamplingParams | None = None) -> Rollouts:
+        params = params or sampling_params(self.cfg, seed=self.cfg.train.seed * 1_000_003 + step)
         shards = _split(batch, len(self.pools.rollout))
-        parts = ray.get([w.generate.remote(s, params)
-                         for w, s in zip(self.pools.rollout, shards) if s.prompts])
+
+        def run() -> list[Rollouts]:
+            return ray.get([w.generate.remote(s, params)
+                            for w, s in zip(self.pools.rollout, shards) if s.prompts])
+
+        parts = run()
+        if any(p.policy_version != self.version for p in parts):
+            # A worker that Ray restarted (ray.max_restarts) holds its initial weights:
+            # send the current ones and generate again (seeded: the same samples).
+            log.warning("rollouts came from policy versions %s, expected %d: a rollout worker "
+                        "was restarted; re-sending the weights and generating again",
+                        sorted({p.policy_version for p in parts}), self.version)
+            self.sync_weights()
+            parts = run()
         out = Rollouts.concat(parts)
         if out.policy_version != self.version:
             raise RuntimeError(f"rollouts came from policy version {out.policy_version}, "
@@ -100,12 +162,27 @@ class Trainer:
     def score(self, rollouts: Rollouts) -> ScoredRollouts:
         return ray.get(self.pools.reward.score.remote(rollouts))
 
-    def advantages(self, scored: ScoredRollouts) -> TrainBatch:
+    def advantages(self, scored: ScoredRollouts, prompts: PromptBatch | None = None,
+                   step: int = 0) -> TrainBatch:
+        if self.algo.expert_rows is not None and prompts is not None:
+            scored = add_expert_rows(scored, self.algo.expert_rows(prompts, step))
         batch, token_rewards = collate(scored, self.pad_id)
         if self.algo.needs_ref:
             ref, _ = self._logprobs(batch, ref=True)
             batch = batch.with_(ref_logprobs=ref)
-        return with_advantages(batch, token_rewards, self.algo.advantage, self.algo.adv_params)
+        if self.algo.needs_old_logprobs:
+            old, _ = self._logprobs(batch, ref=False)  # the policy that sampled (this version)
+            batch = batch.with_(old_logprobs=old)
+        if self.algo.needs_critic:
+            batch = batch.with_(values=self.values(batch))
+        if self.algo.shape_rewards is not None:
+            token_rewards, shaped = self.algo.shape_rewards(batch, token_rewards)
+            self._adv_metrics.update(shaped)
+        batch = with_advantages(batch, token_rewards, self.algo.advantage, self.algo.adv_params)
+        if self.algo.token_filter is not None:
+            _, entropy = self._logprobs(batch, ref=False)  # the policy this update starts from
+            batch = self.algo.token_filter(batch, entropy)
+        return batch
 
     def update(self, batch: TrainBatch, terms: tuple[LossTermSpec, ...]):
         world = len(self.pools.learners)
@@ -113,11 +190,36 @@ class Trainer:
                          for r, lrn in enumerate(self.pools.learners)])
         return stats[0]  # every rank reports the same reduced figures
 
+    def values(self, batch: TrainBatch) -> torch.Tensor:
+        """The critic's values [B, L] of the batch, assembled from its ranks' shards."""
+        world = len(self.pools.critics)
+        parts = ray.get([c.values.remote(_rows(batch, r, world))
+                         for r, c in enumerate(self.pools.critics)])
+        out = torch.zeros_like(batch.advantages)
+        for r, part in enumerate(parts):
+            out[r::world] = part
+        return out
+
+    def update_critic(self, batch: TrainBatch):
+        """The critic fits the batch's `returns` (after the policy update)."""
+        world = len(self.pools.critics)
+        stats = ray.get([c.update.remote(_rows(batch, r, world), self.algo.critic_terms)
+                         for r, c in enumerate(self.pools.critics)])
+        return stats[0]
+
     def sync_weights(self) -> None:
         # Gathering full weights is collective: every rank takes part, rank 0 publishes.
         update = ray.get([lrn.weight_update.remote(self.version)
                           for lrn in self.pools.learners])[0]
         ray.get([w.load_weights.remote(update) for w in self.pools.rollout])
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out pass@k and reward on the running rollout workers (rlft/evaluate.py)."""
+        out = evaluate(self.eval_prompts, lambda b, p: self.generate(b, self.step, p),
+                       self.score, spec_from(self.cfg))
+        log.info("eval after step %d: %s", self.step,
+                 ", ".join(f"{k} {v:.3f}" for k, v in out.items()))
+        return out
 
     # -- helpers ------------------------------------------------------------
     def _logprobs(self, batch: TrainBatch, ref: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,18 +238,22 @@ class Trainer:
 
         def save_learner(path: str) -> None:
             ray.get([lrn.save.remote(path) for lrn in self.pools.learners])
+            critic = str(Path(path).with_name("critic"))  # beside the learner's folder
+            ray.get([c.save.remote(critic) for c in self.pools.critics])
 
         return checkpoint.save(self.run.ckpt_root, state, save_learner, self.cfg.checkpoint.keep)
 
     def _restore(self, ckpt: Path) -> None:
         state = checkpoint.load_state(ckpt)
         ray.get([lrn.load.remote(str(ckpt / "learner")) for lrn in self.pools.learners])
+        ray.get([c.load.remote(str(ckpt / "critic")) for c in self.pools.critics])
         self.sampler.load_state_dict(state.sampler)
         self.step, self.version = state.step, state.policy_version
         self.sync_weights()
         log.info("resumed from %s at step %d (policy version %d)", ckpt, self.step, self.version)
 
-    def _metrics(self, step: int, scored: ScoredRollouts, stats, seconds) -> StepMetrics:
+    def _metrics(self, step: int, scored: ScoredRollouts, stats, seconds,
+                 extra: dict[str, float] | None = None) -> StepMetrics:
         ro = scored.rollouts
         lengths = torch.tensor([len(r) for r in ro.response_ids], dtype=torch.float32)
         comps = {k: float(v[~torch.isnan(v)].mean()) for k, v in scored.components.items()
@@ -161,7 +267,7 @@ class Trainer:
             clip_frac=float(stats.metrics.get("clip_frac", 0.0)),
             tokens_per_s=float(lengths.sum()) / max(total, 1e-9), stage_seconds=dict(seconds),
             reward_components=comps, reward_failures=scored.failures,
-            extra={"lr": stats.lr, **self.algo.step_metrics(step)},
+            extra={"lr": stats.lr, **self.algo.step_metrics(step), **(extra or {})},
         )
 
     def close(self) -> None:
@@ -169,7 +275,8 @@ class Trainer:
 
 
 def _split(batch: PromptBatch, k: int) -> list[PromptBatch]:
-    """Contiguous prompt shards, one per rollout worker; groups stay whole."""
+    """Contiguous request shards, one per rollout worker. A group spread over several
+    requests (Prefix-RFT) may straddle two shards: advantages run after the join."""
     size = -(-len(batch.prompts) // k)
     return [PromptBatch(prompts=batch.prompts[i:i + size], prefix_ids=batch.prefix_ids[i:i + size],
                         group_id=batch.group_id[i:i + size], n=batch.n)
