@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from rlft.algos.logprobs import logprobs_from_hidden
+from rlft.packing import pack, pack_rows, use_packed_attention
 from rlft.types import TrainBatch
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -36,7 +37,7 @@ class PolicyLogprobs(nn.Module):
     root's forward hook like every other root parameter.
     """
 
-    def __init__(self, lm: nn.Module, chunk: int) -> None:
+    def __init__(self, lm: nn.Module, chunk: int, packed: bool = False) -> None:
         super().__init__()
         for attr in ("model", "lm_head"):
             if not hasattr(lm, attr):
@@ -45,21 +46,35 @@ class PolicyLogprobs(nn.Module):
         if not hasattr(lm.model, "layers"):
             raise TypeError(f"{type(lm).__name__}.model has no .layers (the decoder layers "
                             "FSDP2 shards one by one)")
-        self.lm, self.chunk = lm, chunk
+        if packed:
+            use_packed_attention(lm)
+        self.lm, self.chunk, self.packed = lm, chunk, packed
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[b, L] ids, mask, selection -> [b, L] log-probs and entropy (0 where unselected)."""
-        hidden = self.lm.model(input_ids=input_ids, attention_mask=attention_mask.long(),
-                               use_cache=False).last_hidden_state  # [b, L, H]
-        sel = select[:, 1:]  # [b, L-1]; token t is predicted at position t-1
-        h = hidden[:, :-1][sel]  # [N, H]
-        labels = input_ids[:, 1:][sel]  # [N]
+        """[b, L] ids, mask, selection -> [b, L] log-probs and entropy (0 where unselected).
+
+        Packed or padded, the same tokens are scored from the same contexts; a
+        selected position 0 is never scored (it has no previous token).
+        """
+        select = select.bool() & attention_mask.bool()
+        select[:, 0] = False
+        if self.packed:  # one row of real tokens: token t is predicted at t-1 of its row
+            p = pack(input_ids, attention_mask)
+            hidden = self.lm.model(input_ids=p.input_ids, position_ids=p.position_ids,
+                                   use_cache=False, **p.attention_kwargs()
+                                   ).last_hidden_state[0]  # [T, H]
+            sel = select[attention_mask.bool()][1:]  # [T-1]; row starts are never selected
+            h, labels = hidden[:-1][sel], p.input_ids[0, 1:][sel]  # [N, H], [N]
+        else:
+            hidden = self.lm.model(input_ids=input_ids, attention_mask=attention_mask.long(),
+                                   use_cache=False).last_hidden_state  # [b, L, H]
+            sel = select[:, 1:]  # [b, L-1]; token t is predicted at position t-1
+            h, labels = hidden[:, :-1][sel], input_ids[:, 1:][sel]  # [N, H], [N]
         lp, ent = logprobs_from_hidden(h, self.lm.lm_head.weight, labels, self.chunk)  # [N], [N]
-        zeros = torch.zeros(sel.shape, dtype=lp.dtype, device=lp.device)  # [b, L-1]
-        lp_full = torch.cat([zeros[:, :1], zeros.masked_scatter(sel, lp)], 1)  # [b, L]
-        ent_full = torch.cat([zeros[:, :1], zeros.masked_scatter(sel, ent)], 1)  # [b, L]
-        return lp_full, ent_full
+        zeros = torch.zeros(select.shape, dtype=lp.dtype, device=lp.device)  # [b, L]
+        # Row-major order of the selected positions is the order of `lp` in both layouts.
+        return zeros.masked_scatter(select, lp), zeros.masked_scatter(select, ent)  # [b, L]
 
 
 def check_batch(batch: TrainBatch) -> None:
@@ -127,15 +142,21 @@ class MicroBatch:
     real: bool = True
 
 
-def plan_micro_batches(lengths: list[int], token_budget: int) -> list[MicroBatch]:
+def plan_micro_batches(lengths: list[int], token_budget: int, packed: bool = False
+                       ) -> list[MicroBatch]:
     """Greedy packing, longest rows first, while rows x longest row <= token_budget.
 
     Sorting by length keeps rows of similar length together, so trimming each
     micro-batch to its own longest row removes most padding. A row longer than
-    the budget goes alone (rows are never split).
+    the budget goes alone (rows are never split). `packed`: the model runs the
+    rows without padding, so the budget caps their real tokens instead
+    (`rlft.packing.pack_rows`).
     """
     if token_budget < 1:
         raise ValueError(f"micro_batch_tokens must be >= 1; got {token_budget}")
+    if packed:
+        return [MicroBatch(torch.tensor(rows), lengths[rows[0]])
+                for rows in pack_rows(lengths, token_budget)]
     order = sorted(range(len(lengths)), key=lambda r: -lengths[r])  # stable: ties keep row order
     plans: list[MicroBatch] = []
     current: list[int] = []
@@ -204,6 +225,18 @@ def build_model(source: ModelSource) -> nn.Module:
     return load_causal_lm(source, torch.float32)
 
 
+def compile_layers(layers: Sequence[nn.Module]) -> None:
+    """torch.compile each decoder layer's forward, in place.
+
+    The forward, not the module call: FSDP2's gather/reshard hooks and
+    activation checkpointing stay eager around the compiled body, and the
+    state-dict names stay unprefixed (no `_orig_mod.`). Shapes change with
+    every micro-batch, hence dynamic shapes from the start.
+    """
+    for layer in layers:
+        layer.forward = torch.compile(layer.forward, dynamic=True)
+
+
 def pick_device(rank: int) -> torch.device:
     if not torch.cuda.is_available():
         return torch.device("cpu")
@@ -226,9 +259,7 @@ def init_process_group(device: torch.device, rank: int, world: int,
         if world != 1:
             raise ValueError(f"world_size={world} needs init_method (e.g. 'tcp://HOST:PORT', "
                              "the same on every rank)")
-        from rlft.workers.placement import free_port
-
-        init_method = f"tcp://127.0.0.1:{free_port()}"
+        init_method = f"tcp://127.0.0.1:{_free_port()}"
     backend = "nccl" if device.type == "cuda" else "gloo"
     store = _loopback_store(init_method, rank, world)
     if store is not None:
@@ -236,6 +267,14 @@ def init_process_group(device: torch.device, rank: int, world: int,
     else:
         dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
     return True
+
+
+def _free_port() -> int:
+    """A free loopback port (not rlft.workers.placement's: that module imports Ray,
+    which a single-process learner, e.g. the benchmarks, must not need)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _loopback_store(init_method: str, rank: int, world: int) -> dist.TCPStore | None:

@@ -38,6 +38,7 @@ from rlft.learn_utils import (
     add_to,
     build_model,
     check_batch,
+    compile_layers,
     init_process_group,
     lr_lambda,
     pad_plan,
@@ -70,7 +71,10 @@ class LearnerParams:
     lr_schedule: str = "constant"  # constant | cosine | linear, after warm-up
     min_lr_ratio: float = 0.0  # decay floor, as a fraction of lr
     max_grad_norm: float = 1.0  # <= 0: no clipping (the norm is still reported)
-    micro_batch_tokens: int = 4096  # rows x padded length per micro-batch
+    # Real tokens per micro-batch with packing, rows x longest row without.
+    micro_batch_tokens: int = 4096
+    packing: bool = False  # rows back to back without padding (rlft/packing.py)
+    compile: bool = False  # torch.compile each decoder layer's forward
     logprob_chunk: int = 1024  # tokens per lm_head chunk (peak memory ~ chunk x V floats)
     grad_checkpointing: bool = False
     # Compute dtype. Master weights, optimizer state and gradient reduction stay
@@ -159,14 +163,14 @@ class Learner:
         # that runs and is sharded (the adapters shard with their decoder layer).
         self.peft = lora.wrap(lm, params.lora) if params.lora.enabled else None
         self._lora_specs = lora.merge_specs(lm) if self.peft is not None else {}
-        self.policy = self._shard(PolicyLogprobs(lm, params.logprob_chunk))
+        self.policy = self._shard(PolicyLogprobs(lm, params.logprob_chunk, params.packing))
         self.ref = None
         self._ref_is_base = self.peft is not None and ref_model is not None and (
             ref_model is model or ref_model == model)
         if ref_model is not None and not self._ref_is_base:
             ref = build_model(ref_model).eval()
             ref.requires_grad_(False)
-            self.ref = self._shard(PolicyLogprobs(ref, params.logprob_chunk))
+            self.ref = self._shard(PolicyLogprobs(ref, params.logprob_chunk, params.packing))
         self.trainable = [p for p in self.policy.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.trainable, lr=params.lr, betas=params.betas,
                                      eps=params.eps, weight_decay=params.weight_decay,
@@ -179,6 +183,8 @@ class Learner:
     def _shard(self, module: PolicyLogprobs) -> PolicyLogprobs:
         """fully_shard each decoder layer, then the root (embeddings, norm, lm_head)."""
         module.to(self.device)
+        if self.p.compile:
+            compile_layers(module.lm.model.layers)
         mp = MixedPrecisionPolicy(param_dtype=getattr(torch, self.p.param_dtype),
                                   reduce_dtype=torch.float32)
         for layer in module.lm.model.layers:
@@ -239,7 +245,7 @@ class Learner:
         """This rank's micro-batches, padded to the most any rank has: FSDP's
         all-gathers and reduce-scatters pair up across ranks call by call."""
         plan = plan_micro_batches(seq_lengths(batch.attention_mask).tolist(),
-                                  self.p.micro_batch_tokens)
+                                  self.p.micro_batch_tokens, self.p.packing)
         n = torch.tensor([len(plan)], device=self.device)
         dist.all_reduce(n, op=dist.ReduceOp.MAX)
         return pad_plan(plan, int(n))
@@ -364,8 +370,10 @@ class Learner:
                 f"NaN, or raise max_nonfinite_steps (train.max_nonfinite_steps)")
 
     # -- weights and checkpoints --------------------------------------------
-    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Full (unsharded) fp32 CPU weights under the model's own state_dict names.
+    def named_weights(self, cpu: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full (unsharded) fp32 CPU weights under the model's own state_dict names;
+        `cpu=False` leaves them on the learner's device (an engine on the same GPU
+        then copies device to device, with no trip through host memory).
 
         With LoRA: the adapters merged in, under the base model's names (no
         `.base_layer`, no lora_* tensors), which is what rollout engines load.
@@ -373,13 +381,13 @@ class Learner:
         it returns). Only rank 0 gets the weights; other ranks get an empty
         iterator.
         """
-        named = self._raw_weights()
+        named = self._raw_weights(cpu_offload=cpu)
         return iter(lora.merged(named, self._lora_specs) if self.peft is not None else named)
 
-    def _raw_weights(self) -> list[tuple[str, torch.Tensor]]:
+    def _raw_weights(self, cpu_offload: bool = True) -> list[tuple[str, torch.Tensor]]:
         """The wrapped model's full state dict (adapters separate) on rank 0. Collective."""
         state = get_model_state_dict(self.policy, options=StateDictOptions(
-            full_state_dict=True, cpu_offload=True))
+            full_state_dict=True, cpu_offload=cpu_offload))
         return [(name.removeprefix("lm."), t) for name, t in state.items()]
 
     def full_state(self) -> dict[str, torch.Tensor] | None:
