@@ -49,7 +49,7 @@ def _first_embedded(text: str) -> Any:
             return None
         try:
             value, _ = _DECODER.raw_decode(text, m.start())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # "[[[[..." from a degenerate policy
             continue
         if isinstance(value, (dict, list)):
             return value

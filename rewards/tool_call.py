@@ -31,6 +31,7 @@ from rlft.rewards.base import reward
 from rlft.rewards.jsontext import as_json, find_json, loads_or_none, same
 
 WEIGHTS = {"parsed": 1.0, "name": 2.0, "arg_names": 1.0, "arg_types": 1.0, "values": 2.0}
+MAX_DEPTH = 8
 TAGGED = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 
 
@@ -54,15 +55,18 @@ def parse_calls(text: str) -> list[Call]:
     return _calls(find_json(text)[0])
 
 
-def _calls(value: Any) -> list[Call]:
+def _calls(value: Any, depth: int = 0) -> list[Call]:
+    # Real calls nest 3 levels at most; deeper JSON ("[[[[...") must not exhaust the stack.
+    if depth > MAX_DEPTH:
+        return []
     if isinstance(value, list):
-        return [c for v in value for c in _calls(v)]
+        return [c for v in value for c in _calls(v, depth + 1)]
     if not isinstance(value, dict):
         return []
     if isinstance(value.get("tool_calls"), list):
-        return _calls(value["tool_calls"])
+        return _calls(value["tool_calls"], depth + 1)
     if isinstance(value.get("function"), dict):
-        return _calls(value["function"])
+        return _calls(value["function"], depth + 1)
     name = value.get("name")
     if not isinstance(name, str):
         return []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import types
 import typing
@@ -215,7 +216,12 @@ class TrainConfig:
     warmup_steps: int = doc(0, "Linear learning-rate warm-up steps.", lo=0)
     weight_decay: float = doc(0.0, "AdamW weight decay.", lo=0.0)
     max_grad_norm: float = doc(1.0, "Gradient clipping norm.", lo=0.0)
-    micro_batch_tokens: int = doc(4096, "Token budget of one learner micro-batch (padded).", lo=1)
+    micro_batch_tokens: int = doc(4096, "Token budget of one learner micro-batch (real tokens "
+                                  "with train.packing, rows x longest row without).", lo=1)
+    packing: bool = doc(True, "Learner runs each micro-batch's rows back to back without "
+                        "padding (block-diagonal attention; varlen FlashAttention on GPU).")
+    compile: bool = doc(False, "torch.compile each decoder layer of the learner (first steps "
+                        "are slower while it compiles).")
     learner_workers: int = doc(1, "Learner ranks (FSDP data-parallel world size).", lo=1)
     max_nonfinite_steps: int = doc(3, "Abort after this many NaN/inf updates in a row.", lo=1)
     eval_every: int = doc(0, "Evaluate on data.eval_split every N steps with the running rollout "
@@ -246,7 +252,8 @@ class CheckpointConfig:
 class LoggingConfig:
     run_dir: str = doc("runs", "Folder that holds run folders.")
     run_name: str | None = doc(None, "Run folder name; default: <algo>-<timestamp>.")
-    loggers: list = doc(["console", "jsonl"], "Metric sinks: console, jsonl, wandb.")
+    loggers: list = doc(["console", "jsonl"], "Metric sinks: console, jsonl, wandb, "
+                        "tensorboard (<run>/tensorboard/; needs `pip install tensorboard`).")
     wandb_project: str = doc("rlft", "wandb project (offline unless a key is configured).")
 
 
@@ -274,7 +281,7 @@ class Config:
     ray: RayConfig = doc(RayConfig(), "Cluster.")
 
 
-VALID_LOGGERS = ("console", "jsonl", "wandb")
+VALID_LOGGERS = ("console", "jsonl", "wandb", "tensorboard")
 
 
 def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
@@ -397,6 +404,10 @@ def _check_cross_fields(cfg: Config) -> None:
         if name not in VALID_LOGGERS:
             raise ConfigError(f"logging.loggers: {name!r} is not valid. "
                               f"Choices: {', '.join(VALID_LOGGERS)}")
+        if name == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("logging.loggers: 'tensorboard' needs the tensorboard package, "
+                              "which is not installed: pip install tensorboard (or the extra, "
+                              "pip install -e '.[tensorboard]'), or drop it from the list")
     if not cfg.reward.terms:
         raise ConfigError("reward.terms is empty: name at least one reward, e.g. "
                           "reward.terms=[{name: accuracy}]")

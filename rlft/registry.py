@@ -76,7 +76,12 @@ def load_import_path(spec: str) -> object:
             assert file_spec is not None and file_spec.loader is not None
             module = importlib.util.module_from_spec(file_spec)
             sys.modules[mod_name] = module
-            file_spec.loader.exec_module(module)
+            try:
+                file_spec.loader.exec_module(module)
+            except BaseException:
+                # Not cached half-run: the next lookup must raise the same error again.
+                del sys.modules[mod_name]
+                raise
     else:
         try:
             module = importlib.import_module(target)

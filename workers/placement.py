@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -29,8 +29,24 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
     else:
+        _loopback_only()
         ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
                  runtime_env=env, log_to_driver=True)
+
+
+def _loopback_only() -> None:
+    """Make a local cluster listen on 127.0.0.1 only.
+
+    By default Ray gives a local node its outward IP, and its gRPC servers,
+    agents and Prometheus metrics endpoint listen on every interface. Nothing
+    outside this machine joins a cluster started here, so every service binds
+    to loopback: Ray's switch for that is the node address it picks, read from
+    this flag in the driver and from the variable in the processes it starts.
+    """
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def free_port() -> int:
@@ -40,10 +56,15 @@ def free_port() -> int:
 
 
 def actor(cls: type, *args: Any, num_cpus: float = 0, num_gpus: float = 0,
-          max_restarts: int = 0, **kwargs: Any) -> Any:
-    """Start `cls(*args, **kwargs)` as an actor."""
+          max_restarts: int = 0, max_task_retries: int = 0, **kwargs: Any) -> Any:
+    """Start `cls(*args, **kwargs)` as an actor.
+
+    `max_restarts`: Ray re-creates a dead actor with the same arguments (its
+    state is lost: only for stateless actors or ones the caller re-syncs).
+    `max_task_retries`: a call in flight when it died runs again on the new one.
+    """
     remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
-                        max_task_retries=0)(cls)
+                        max_task_retries=max_task_retries)(cls)
     return remote.remote(*args, **kwargs)
 
 
@@ -54,9 +75,10 @@ class Pools:
     rollout: list[Any]
     reward: Any
     learners: list[Any]
+    critics: list[Any] = field(default_factory=list)  # PPO's value model ranks
 
     def kill(self) -> None:
-        for handle in [*self.rollout, self.reward, *self.learners]:
+        for handle in [*self.rollout, self.reward, *self.learners, *self.critics]:
             if handle is not None:
                 ray.kill(handle)
 
