@@ -114,6 +114,12 @@ class RewardService:
     # ---- public -----------------------------------------------------------------------
 
     def score(self, rollouts: Rollouts) -> ScoredRollouts:
+        return self.score_outcomes(rollouts)[0]
+
+    def score_outcomes(self, rollouts: Rollouts
+                       ) -> tuple[ScoredRollouts, list[tuple[Outcome, ...]]]:
+        """`score`, plus each sample's Outcome per term (failure kind and message included),
+        which `ScoredRollouts` only counts; `rlft reward check` prints them."""
         start = time.perf_counter()
         items = [Item(b, rollouts.response_text[b], rollouts.row(b).text,
                       dict(rollouts.row(b).fields)) for b in range(len(rollouts))]
@@ -127,7 +133,8 @@ class RewardService:
                 items = self._run_inline(items, results)
             if items:
                 self._run_pool(items, results)
-        return self._assemble(rollouts, results, time.perf_counter() - start)
+        scored = self._assemble(rollouts, results, time.perf_counter() - start)
+        return scored, [results[b] for b in range(len(rollouts))]
 
     def close(self) -> None:
         for p in self._procs:
