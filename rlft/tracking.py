@@ -1,22 +1,32 @@
-"""Metric sinks: console (progress bar + one line per step), JSONL, wandb.
+"""Metric sinks: console (progress bar + one line per step), JSONL, wandb, TensorBoard.
 
-wandb runs offline unless the user has configured a key (WANDB_API_KEY or
-`wandb login`); the key itself is never printed or written to the run folder.
+wandb runs online when a key is configured (WANDB_API_KEY or `wandb login`),
+offline otherwise; WANDB_MODE, when set, wins. Keys never reach a sink: the
+run config is scrubbed of secret-named fields and of any secret environment
+value before wandb or TensorBoard records it. The config carries the run's
+provenance (git commit, package versions) from rlft/runs.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import yaml
 from tqdm import tqdm
 
 from rlft.types import StepMetrics
 
-SECRET_ENV = ("WANDB_API_KEY",)
+# A name with a secret-like part between _ - . separators: WANDB_API_KEY, hf_token,
+# db-password. `max_new_tokens` (part `tokens`) is not one.
+SECRET_NAME = re.compile(r"(?:^|[_.\-])(?:api_?key|key|token|secret|password|passwd|"
+                         r"credentials?)(?:$|[_.\-])", re.IGNORECASE)
+REDACTED = "<redacted>"
 
 
 class Sink(Protocol):
@@ -61,9 +71,8 @@ class WandbSink:
     def __init__(self, project: str, run_dir: Path, name: str, config: dict[str, Any]) -> None:
         import wandb
 
-        online = bool(os.environ.get("WANDB_API_KEY")) or _netrc_has_wandb()
-        self.run = wandb.init(project=project, name=name, dir=str(run_dir), config=config,
-                              mode="online" if online else "offline", resume="allow",
+        self.run = wandb.init(project=project, name=name, dir=str(run_dir),
+                              config=scrub(config), mode=wandb_mode(), resume="allow",
                               id=name.replace("/", "-"))
 
     def log(self, m: StepMetrics) -> None:
@@ -73,19 +82,88 @@ class WandbSink:
         self.run.finish()
 
 
+class TensorBoardSink:
+    """Scalars under `<run>/tensorboard/`; the scrubbed config as text at step 0."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:  # torch's module imports the tensorboard package
+            raise ImportError(
+                "logging.loggers: 'tensorboard' needs the tensorboard package, which is not "
+                "installed. Install it with `pip install tensorboard` (or the extra: "
+                "pip install -e '.[tensorboard]'), or drop tensorboard from logging.loggers."
+            ) from exc
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        text = yaml.safe_dump(scrub(config), sort_keys=False)
+        self.writer.add_text("config", f"```\n{text}\n```", global_step=0)
+
+    def log(self, m: StepMetrics) -> None:
+        for key, value in m.flat().items():
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(key, value, global_step=m.step)
+        self.writer.flush()  # a crash loses no step
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def wandb_mode() -> str:
+    """WANDB_MODE if set; else online when a key is configured, offline otherwise."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") or _netrc_has_wandb() else "offline"
+
+
 def _netrc_has_wandb() -> bool:
-    netrc = Path.home() / ".netrc"
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def scrub(obj: Any, secrets: tuple[str, ...] | None = None) -> Any:
+    """A copy of `obj` (nested dicts/lists) without secrets: the value of every
+    secret-named key becomes REDACTED, and any secret environment value
+    (WANDB_API_KEY, HF_TOKEN, ...) is cut out of every string.
+
+    >>> scrub({"hf_token": "abc", "rollout": {"max_new_tokens": 24}})
+    {'hf_token': '<redacted>', 'rollout': {'max_new_tokens': 24}}
+    """
+    if secrets is None:
+        secrets = tuple(v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 8)
+    if isinstance(obj, dict):
+        return {k: REDACTED if SECRET_NAME.search(str(k)) and obj[k] is not None
+                else scrub(v, secrets) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(scrub(v, secrets) for v in obj)
+    if isinstance(obj, str):
+        for secret in secrets:
+            obj = obj.replace(secret, REDACTED)
+    return obj
+
+
+SinkFactory = Callable[[Path, str, str, dict[str, Any], int, int], Sink]
+SINKS: dict[str, SinkFactory] = {
+    "console": lambda run_dir, name, project, config, total, first: ConsoleSink(total, first),
+    "jsonl": lambda run_dir, name, project, config, total, first:
+        JsonlSink(run_dir / "metrics.jsonl"),
+    "wandb": lambda run_dir, name, project, config, total, first:
+        WandbSink(project, run_dir, name, config),
+    "tensorboard": lambda run_dir, name, project, config, total, first:
+        TensorBoardSink(run_dir, config),
+}
 
 
 def make_sinks(names: list[str], run_dir: Path, run_name: str, project: str,
                config: dict[str, Any], total_steps: int, first_step: int) -> list[Sink]:
+    unknown = [n for n in names if n not in SINKS]
+    if unknown:
+        raise ValueError(f"logging.loggers: {unknown} not known. Choices: {', '.join(SINKS)}")
     sinks: list[Sink] = []
-    for name in names:
-        if name == "console":
-            sinks.append(ConsoleSink(total_steps, first_step))
-        elif name == "jsonl":
-            sinks.append(JsonlSink(run_dir / "metrics.jsonl"))
-        elif name == "wandb":
-            sinks.append(WandbSink(project, run_dir, run_name, config))
+    try:
+        for n in names:
+            sinks.append(SINKS[n](run_dir, run_name, project, config, total_steps, first_step))
+    except BaseException:
+        for sink in sinks:  # the ones already open (a wandb run, an open file)
+            sink.close()
+        raise
     return sinks
