@@ -25,13 +25,16 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
     # Ray sets OMP_NUM_THREADS=1 in zero-CPU actors; our actors take turns, so
     # each may use every core while it runs.
     threads = str(num_cpus or os.cpu_count() or 1)
-    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": threads}}
+    wanted = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": threads}
+    # A `ray job submit` runtime env already in force wins: Ray rejects a driver
+    # whose runtime env sets the same variable differently.
     if address:
+        env = {"env_vars": {k: v for k, v in wanted.items() if k not in os.environ}}
         ray.init(address=address, runtime_env=env, log_to_driver=True)
     else:
         _loopback_only()
         ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
-                 runtime_env=env, log_to_driver=True)
+                 runtime_env={"env_vars": wanted}, log_to_driver=True)
 
 
 def _loopback_only() -> None:
