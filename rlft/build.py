@@ -14,7 +14,14 @@ from rlft.registry import RegistryError
 from rlft.rewards.base import RewardTerm, load_term
 from rlft.workers.critic import Critic, CriticParams
 from rlft.workers.learner import Learner, LearnerParams, LoraParams
-from rlft.workers.placement import Pools, actor, free_port, gpus_per_actor, init_ray
+from rlft.workers.placement import (
+    Pools,
+    actor,
+    free_port,
+    gpu_bundles,
+    gpus_per_actor,
+    init_ray,
+)
 from rlft.workers.reward import RewardService
 from rlft.workers.rollout import RolloutWorker, SamplingParams
 from rlft.workers.self_reward import SelfRewardScorer
@@ -27,6 +34,29 @@ def engine_name(cfg: Config) -> str:
     if cfg.rollout.engine != "auto":
         return cfg.rollout.engine
     return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+
+
+# Rollout settings only the vLLM engine takes, with their defaults.
+VLLM_ONLY = {"tensor_parallel_size": 1, "kv_cache_gb": None, "gpu_memory_utilization": 0.5}
+
+
+def engine_kwargs(cfg: Config, engine: str) -> dict:
+    """The rollout engine's arguments beyond model and seed. `rollout.dtype=auto`
+    is the learner's dtype (model.dtype)."""
+    r = cfg.rollout
+    dtype = cfg.model.dtype if r.dtype == "auto" else r.dtype
+    if engine == "vllm":
+        return dict(dtype=dtype, tensor_parallel_size=r.tensor_parallel_size,
+                    kv_cache_gb=r.kv_cache_gb, gpu_memory_utilization=r.gpu_memory_utilization,
+                    sleep_mode=r.mode == "colocated")
+    changed = [f"rollout.{k}={getattr(r, k)}" for k, v in VLLM_ONLY.items() if getattr(r, k) != v]
+    if changed:
+        raise ConfigError(f"{', '.join(changed)}: vLLM-only settings, but the rollout engine is "
+                          f"{engine!r} (rollout.engine={r.engine}); drop them, or install vLLM "
+                          "and set rollout.engine=vllm")
+    import torch
+
+    return dict(dtype=getattr(torch, dtype))
 
 
 def sampling_params(cfg: Config, seed: int) -> SamplingParams:
@@ -76,26 +106,36 @@ def build_pools(cfg: Config, algo: Algorithm) -> Pools:
     ref_path = resolve_model(cfg.model.ref_name) if cfg.model.ref_name else model_path
     gpus = gpus_per_actor()
     engine = engine_name(cfg)
+    roll_kwargs = engine_kwargs(cfg, engine)  # fails on vLLM-only settings before actors start
+    world = cfg.train.learner_workers
+    # Colocated on GPUs: learner rank i and rollout worker j (j % world == i) share bundle i.
+    shared = bool(gpus) and cfg.rollout.mode == "colocated"
+    bundles = gpu_bundles(world) if shared else None
+    share = 1 / (1 + -(-cfg.rollout.num_workers // world)) if shared else 1.0
+
+    def place(i: int) -> dict:
+        return {"bundle": (bundles, i % world)} if bundles is not None else {}
     # Rollout and reward actors are restarted when they die (the controller re-sends
     # weights to a restarted rollout worker); learners never are: a fresh learner
     # would silently train from the initial weights.
     restarts = dict(max_restarts=cfg.ray.max_restarts, max_task_retries=cfg.ray.max_task_retries)
+    roll_gpus = gpus * share if shared else gpus * cfg.rollout.tensor_parallel_size
     rollout = [actor(RolloutWorker, engine=engine, model_path=model_path, seed=cfg.train.seed + i,
-                     num_gpus=gpus, **restarts)
+                     num_gpus=roll_gpus, **place(i), **roll_kwargs, **restarts)
                for i in range(cfg.rollout.num_workers)]
     reward = REWARD_ACTORS[algo.reward_source](cfg, algo, terms, dict(num_gpus=gpus, **restarts))
-    world = cfg.train.learner_workers
     init = f"tcp://127.0.0.1:{free_port()}"
     learners = [actor(Learner, model_path, learner_params(cfg), rank=r, world_size=world,
                       init_method=init, ref_model=ref_path if algo.needs_ref else None,
-                      num_gpus=gpus)
+                      num_gpus=gpus * share, **place(r))
                 for r in range(world)]
     critics = []
     if algo.needs_critic:  # its own process group: one rank per learner rank
         init_c = f"tcp://127.0.0.1:{free_port()}"
         critics = [actor(Critic, model_path, critic_params(cfg), rank=r, world_size=world,
                          init_method=init_c, num_gpus=gpus) for r in range(world)]
-    return Pools(rollout=rollout, reward=reward, learners=learners, critics=critics)
+    return Pools(rollout=rollout, reward=reward, learners=learners, critics=critics,
+                 placement=bundles)
 
 
 def _service(cfg: Config, algo: Algorithm, terms: list[RewardTerm], opts: dict) -> object:

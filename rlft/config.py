@@ -90,6 +90,22 @@ class RolloutConfig:
     max_new_tokens: int = doc(24, "Response length cap in tokens.", lo=1)
     stop: list = doc([], "Extra stop strings (EOS always stops).")
     max_batch: int = doc(64, "Sequences generated together by one engine call.", lo=1)
+    dtype: str = doc("auto", "Rollout engine dtype; auto = model.dtype (the learner's), so rollout "
+                     "log-probs are the learner's numbers. bfloat16 vLLM runs ~2.3x faster on "
+                     "CPU but its log-probs differ by ~0.04 per token on average.",
+                     choices=("auto", "float32", "bfloat16", "float16"))
+    mode: str = doc("split", "split: rollout workers on GPUs of their own (weights broadcast "
+                    "from the learner); colocated: each rollout worker shares a GPU with a "
+                    "learner rank, its vLLM engine sleeps (weights offloaded, KV cache freed) "
+                    "from the advantage stage to the weight sync. On CPU sleep is a no-op.",
+                    choices=("split", "colocated"))
+    tensor_parallel_size: int = doc(1, "vLLM only: GPUs (tensor-parallel workers) per rollout "
+                                    "worker; split mode.", lo=1)
+    kv_cache_gb: float | None = doc(None, "vLLM only: KV-cache size in GiB; default 2 on CPU, "
+                                    "on GPU what gpu_memory_utilization leaves.", lo=0.001)
+    gpu_memory_utilization: float = doc(0.5, "vLLM only: share of its GPU's memory an engine "
+                                        "may take (weights + KV cache); leave room for the "
+                                        "learner in colocated mode.", lo=0.01, hi=1.0)
 
 
 @dataclass
@@ -408,6 +424,11 @@ def _check_cross_fields(cfg: Config) -> None:
             raise ConfigError("logging.loggers: 'tensorboard' needs the tensorboard package, "
                               "which is not installed: pip install tensorboard (or the extra, "
                               "pip install -e '.[tensorboard]'), or drop it from the list")
+    r = cfg.rollout
+    if r.mode == "colocated" and r.tensor_parallel_size > 1:
+        raise ConfigError(f"rollout.mode=colocated shares one GPU between a rollout worker and "
+                          f"a learner rank, so rollout.tensor_parallel_size must be 1 (got "
+                          f"{r.tensor_parallel_size}); use rollout.mode=split for tensor parallel")
     if not cfg.reward.terms:
         raise ConfigError("reward.terms is empty: name at least one reward, e.g. "
                           "reward.terms=[{name: accuracy}]")

@@ -62,6 +62,7 @@ class Trainer:
             :cfg.train.eval_prompts or None] if cfg.train.eval_every else ()
         self.pools = build_pools(cfg, self.algo)
         self.step, self.version = 0, 0
+        self.colocated = cfg.rollout.mode == "colocated"  # rollout sleeps in the learner phase
         if self.run.resume_from is not None:
             self._restore(self.run.resume_from)
         self.history: list[StepMetrics] = []
@@ -95,11 +96,17 @@ class Trainer:
         step = self.step
         batch, scored, kept, extra = self.collect(step, t)
         self._adv_metrics = {}
-        train = t.run("advantage", self.advantages, kept, batch, step)
-        terms = self.algo.terms(step)
-        stats = t.run("update", self.update, train, terms)
-        if self.algo.needs_critic:
-            extra = {**extra, **t.run("critic", self.update_critic, train).flat()}
+        if self.colocated:  # the learner phase gets the rollout engines' accelerator memory
+            t.run("sleep", self._rollout_all, "sleep")
+        try:
+            train = t.run("advantage", self.advantages, kept, batch, step)
+            terms = self.algo.terms(step)
+            stats = t.run("update", self.update, train, terms)
+            if self.algo.needs_critic:
+                extra = {**extra, **t.run("critic", self.update_critic, train).flat()}
+        finally:  # awake before the sync (and after a failed update, for whoever goes on)
+            if self.colocated:
+                t.run("wake", self._rollout_all, "wake")
         self.version += 1
         t.run("sync", self.sync_weights)
         self.step += 1
@@ -222,6 +229,10 @@ class Trainer:
         return out
 
     # -- helpers ------------------------------------------------------------
+    def _rollout_all(self, verb: str) -> None:
+        """Call the no-argument verb `verb` (sleep, wake) on every rollout worker."""
+        ray.get([getattr(w, verb).remote() for w in self.pools.rollout])
+
     def _logprobs(self, batch: TrainBatch, ref: bool) -> tuple[torch.Tensor, torch.Tensor]:
         world = len(self.pools.learners)
         parts = ray.get([lrn.compute_logprobs.remote(_rows(batch, r, world), ref)

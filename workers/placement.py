@@ -59,16 +59,34 @@ def free_port() -> int:
 
 
 def actor(cls: type, *args: Any, num_cpus: float = 0, num_gpus: float = 0,
-          max_restarts: int = 0, max_task_retries: int = 0, **kwargs: Any) -> Any:
+          max_restarts: int = 0, max_task_retries: int = 0,
+          bundle: tuple[Any, int] | None = None, **kwargs: Any) -> Any:
     """Start `cls(*args, **kwargs)` as an actor.
 
     `max_restarts`: Ray re-creates a dead actor with the same arguments (its
     state is lost: only for stateless actors or ones the caller re-syncs).
     `max_task_retries`: a call in flight when it died runs again on the new one.
+    `bundle`: (placement group, bundle index) the actor must run in.
     """
+    opts: dict[str, Any] = {}
+    if bundle is not None:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+            placement_group=bundle[0], placement_group_bundle_index=bundle[1])
     remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
-                        max_task_retries=max_task_retries)(cls)
+                        max_task_retries=max_task_retries, **opts)(cls)
     return remote.remote(*args, **kwargs)
+
+
+def gpu_bundles(n: int) -> Any:
+    """A placement group of `n` one-GPU bundles (colocated pools: the actors that
+    share a GPU go into one bundle with fractional num_gpus). Waits until placed."""
+    from ray.util.placement_group import placement_group
+
+    group = placement_group([{"GPU": 1}] * n, strategy="PACK")
+    ray.get(group.ready())
+    return group
 
 
 @dataclass
@@ -79,11 +97,14 @@ class Pools:
     reward: Any
     learners: list[Any]
     critics: list[Any] = field(default_factory=list)  # PPO's value model ranks
+    placement: Any = None  # the colocated pools' placement group, if any
 
     def kill(self) -> None:
         for handle in [*self.rollout, self.reward, *self.learners, *self.critics]:
             if handle is not None:
                 ray.kill(handle)
+        if self.placement is not None:
+            ray.util.remove_placement_group(self.placement)
 
 
 def gpus_per_actor() -> float:

@@ -32,7 +32,7 @@ from transformers import (
 from rlft.algos.logprobs import logprobs_from_hidden
 from rlft.registry import Registry
 from rlft.types import PromptBatch, Rollouts
-from rlft.workers.weight_sync import WeightUpdate, iter_update
+from rlft.workers.weight_sync import GROUPS, SyncGroup, WeightUpdate, iter_update
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,12 @@ class SamplingParams:
 
 class RolloutEngine(Protocol):
     """What `RolloutWorker` needs from an engine (transformers here; vLLM's
-    `LLM.generate` on token-id prompts and `load_weights` fit the same verbs)."""
+    `LLM.generate` on token-id prompts and `load_weights` fit the same verbs).
+
+    Optional, used where present: `sleep()` / `wake()` (free and restore
+    accelerator memory around the learner phase), and `init_sync_group(host,
+    port, rank, world, backend)` with `receive_broadcast(update)` for engines
+    whose own worker processes receive "nccl" updates."""
 
     policy_version: int
 
@@ -289,23 +294,64 @@ def _engine_class(name: str) -> Any:
 
 
 class RolloutWorker:
-    """Thin worker: an engine plus the verbs the controller calls."""
+    """Thin worker: an engine plus the verbs the controller calls.
+
+    `sleep()` / `wake()` (colocated runs: the engine frees its accelerator
+    memory for the learner phase) reach engines that have them and are no-ops
+    for others; an asleep worker refuses to generate or load weights.
+    """
 
     def __init__(self, engine: str = "hf", model_path: str = "", seed: int = 0,
                  **engine_kwargs: Any) -> None:
         if not model_path:
             raise ValueError("RolloutWorker needs model_path (a folder from rlft.models.resolve_model)")
         self.engine: RolloutEngine = _engine_class(engine)(model_path, seed=seed, **engine_kwargs)
+        self.asleep = False
+        self._group: SyncGroup | None = None  # for "nccl" updates into an in-process engine
 
     def generate(self, batch: PromptBatch, params: SamplingParams) -> Rollouts:
+        self._check_awake("generate")
         return self.engine.generate(batch, params)
 
     def load_weights(self, update: WeightUpdate) -> int:
         """Load every bucket, then adopt the update's version (returned), so a
         rollout never claims a version whose weights were only half loaded."""
-        self.engine.load_weights(iter_update(update))
+        self._check_awake("load_weights")
+        receive = getattr(self.engine, "receive_broadcast", None)
+        if update.transport == "nccl" and receive is not None:
+            receive(update)  # the engine's own worker processes hold the sync group
+        else:
+            tensors = iter_update(update, self._group)
+            try:
+                self.engine.load_weights(tensors)
+            finally:  # after a failed load, receive the rest: a broadcasting sender waits
+                for _ in tensors:
+                    pass
         self.engine.set_version(update.version)
         return update.version
+
+    def init_sync_group(self, host: str, port: int, rank: int, world: int,
+                        backend: str = "nccl") -> None:
+        """Join learner rank 0's broadcast group for "nccl" updates at `rank`
+        (an engine with several workers takes rank, rank+1, ...)."""
+        join = getattr(self.engine, "init_sync_group", None)
+        if join is not None:
+            join(host, port, rank, world, backend)
+        else:
+            self._group = GROUPS.get(backend)(host, port, rank, world)
+
+    def sleep(self) -> None:
+        getattr(self.engine, "sleep", lambda: None)()
+        self.asleep = True
+
+    def wake(self) -> None:
+        getattr(self.engine, "wake", lambda: None)()
+        self.asleep = False
+
+    def _check_awake(self, verb: str) -> None:
+        if self.asleep:
+            raise RuntimeError(f"RolloutWorker.{verb} called while the worker sleeps "
+                               "(colocated mode); call wake() first")
 
     def policy_version(self) -> int:
         return self.engine.policy_version

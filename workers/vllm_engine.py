@@ -10,7 +10,7 @@ What vLLM (0.32) gives us and how it is used:
   quantity the learner computes. A forced prefix goes into the prompt and is
   scored with `prompt_logprobs=0` (same mode; such requests skip the prefix
   cache, as vLLM requires for complete prompt log-probs).
-- Weight updates: a worker extension (`worker_extension_cls`) adds three
+- Weight updates: a worker extension (`worker_extension_cls`) adds `rlft_*`
   methods to vLLM's worker, called through `LLM.collective_rpc`. They follow
   the lifecycle of vLLM's own weight-transfer engines: `initialize_layerwise_
   reload`, `model.load_weights` per bucket, `finalize_layerwise_reload`. A
@@ -20,6 +20,13 @@ What vLLM (0.32) gives us and how it is used:
   cache is reset afterwards: its KV entries came from the old weights.
 - Tensors cross `collective_rpc` as raw bytes (`to_wire`): vLLM encodes its
   RPC arguments without a schema, and a bare tensor arrives as a list.
+  Split GPU runs skip that hop: with an "nccl" update (workers/weight_sync.py)
+  only metadata crosses the RPC and each vLLM worker receives the tensors
+  from learner rank 0's broadcast group (`rlft_init_sync_group`,
+  `rlft_receive_broadcast`), as vLLM's own NCCL weight-transfer engine does.
+- Colocated GPU runs: `LLM(enable_sleep_mode=True)`, `sleep(level=1)` during
+  the learner phase, `wake_up()` before the sync (`sleep`/`wake`; no-ops
+  where `current_platform.is_sleep_mode_available()` is false, as on CPU).
 - Processes: by default vLLM runs the engine core and its worker in child
   processes (fork; spawn inside a Ray actor, which works as a RolloutWorker),
   which keeps vLLM's global changes (torch threads, RNG seed, a
@@ -34,8 +41,8 @@ What vLLM (0.32) gives us and how it is used:
   the engine-core process) and `VLLM_CPU_NUM_OF_RESERVED_CPU`.
 - dtype: fp32 reproduces a transformers fp32 forward to ~1e-4 in log-prob;
   bf16 runs ~2.3x faster on CPU but is off by ~0.04 on average (0.3 at worst)
-  on SmolLM2-135M (benchmarks/bench_rollout.py). fp32 is the default, so the
-  rollout log-probs are the learner's own numbers.
+  on SmolLM2-135M (benchmarks/bench_rollout.py). Runs default to the
+  learner's dtype (rollout.dtype=auto), so rollout log-probs are its numbers.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ import torch
 
 from rlft.types import PromptBatch, Rollouts
 from rlft.workers.rollout import ENGINES, SamplingParams
-from rlft.workers.weight_sync import bucketize
+from rlft.workers.weight_sync import GROUPS, WeightUpdate, bucketize, load_buckets
 
 EXTENSION = "rlft.workers.vllm_engine.VLLMWorkerExtension"
 FINISH_REASONS = ("stop", "length")
@@ -71,8 +78,8 @@ logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter
 class VLLMWorkerExtension:
     """Mixed into vLLM's worker class inside the engine process (vLLM resolves
     `worker_extension_cls` by its import path there). `self` is the worker:
-    `self.model_runner`, `self.vllm_config` exist. Names carry an `rlft_`
-    prefix because vLLM refuses extension names that clash with its own."""
+    `self.model_runner`, `self.vllm_config`, `self.rank` exist. Names carry an
+    `rlft_` prefix because vLLM refuses extension names that clash with its own."""
 
     def rlft_param_names(self) -> list[str]:
         return [n for n, _ in self.model_runner.get_model().named_parameters()]
@@ -87,11 +94,13 @@ class VLLMWorkerExtension:
     def rlft_load_bucket(self, wired: list) -> list[str]:
         """Load one bucket of `to_wire` records; returns the vLLM parameter
         names they filled (vLLM fuses q/k/v and gate/up into one)."""
+        return self._rlft_load([from_wire(record) for record in wired])
+
+    def _rlft_load(self, named: list[tuple[str, torch.Tensor]]) -> list[str]:
         from vllm.config import set_current_vllm_config
 
         with set_current_vllm_config(self.vllm_config), torch.no_grad():
-            loaded = self.model_runner.get_model().load_weights(
-                weights=(from_wire(record) for record in wired))
+            loaded = self.model_runner.get_model().load_weights(weights=iter(named))
         return sorted(loaded or ())
 
     def rlft_finish_update(self) -> None:
@@ -100,6 +109,28 @@ class VLLMWorkerExtension:
 
         with set_current_vllm_config(self.vllm_config):
             finalize_layerwise_reload(self.model_runner.get_model(), self.model_config)
+
+    def rlft_init_sync_group(self, host: str, port: int, rank_offset: int, world: int,
+                             backend: str = "nccl") -> int:
+        """Join learner rank 0's broadcast group as rank `rank_offset` + this
+        worker's rank in its engine (tensor/pipeline parallel); returns it."""
+        rank = rank_offset + self.rank
+        self._rlft_group = GROUPS.get(backend)(host, port, rank, world)
+        return rank
+
+    def rlft_receive_broadcast(self, update: dict) -> list[str]:
+        """Receive an "nccl" update (`update`: a WeightUpdate's fields) bucket by
+        bucket from the sync group and load it; returns the parameters filled.
+        A failed load still drains the sender (`load_buckets`)."""
+        group = getattr(self, "_rlft_group", None)
+        loaded: set[str] = set()
+        self.rlft_begin_update()
+        try:
+            load_buckets(WeightUpdate(**update), lambda b: loaded.update(self._rlft_load(b)),
+                         group)
+        finally:
+            self.rlft_finish_update()  # restores the old tensors of layers that got nothing
+        return sorted(loaded)
 
 
 def to_wire(name: str, tensor: torch.Tensor) -> tuple[str, str, list[int], memoryview]:
@@ -174,7 +205,10 @@ class VLLMEngine:
     `kv_cache_gb`: KV-cache size (CPU default 2 GiB; on GPU None leaves it to
     `gpu_memory_utilization`, the share of GPU memory vLLM may take, kept at
     0.5 so a colocated learner fits). `sync_bucket_bytes`: tensor bytes per
-    weight-update RPC. `llm_kwargs` go to `vllm.LLM` unchanged.
+    weight-update RPC. `sleep_mode`: colocated runs; `sleep()` frees the GPU
+    for the learner (vLLM sleep level 1: weights offloaded to CPU, KV cache
+    dropped) and `wake()` restores it before the weight sync. Where vLLM has no
+    sleep mode (CPU) both are no-ops. `llm_kwargs` go to `vllm.LLM` unchanged.
 
     Seeding: with `params.seed` set, request i of a call gets seed
     mix(engine seed, params.seed) + i*n (vLLM adds the sample index for each
@@ -187,7 +221,8 @@ class VLLMEngine:
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5,
                  kv_cache_gb: float | None = None, max_model_len: int | None = None,
                  enforce_eager: bool = True, enable_prefix_caching: bool = True,
-                 sync_bucket_bytes: int = 256 << 20, **llm_kwargs: Any) -> None:
+                 sync_bucket_bytes: int = 256 << 20, sleep_mode: bool = False,
+                 **llm_kwargs: Any) -> None:
         try:
             from vllm import LLM
             from vllm.platforms import current_platform
@@ -204,6 +239,10 @@ class VLLMEngine:
             kv_cache_gb = 2.0 if kv_cache_gb is None else kv_cache_gb
         if kv_cache_gb is not None:
             llm_kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * (1 << 30))
+        # vLLM refuses enable_sleep_mode where the platform lacks it (CPU).
+        self.sleeps = sleep_mode and current_platform.is_sleep_mode_available()
+        if self.sleeps:
+            llm_kwargs["enable_sleep_mode"] = True
         self.llm = LLM(model=model_path, dtype=_dtype_name(dtype), seed=seed,
                        tensor_parallel_size=tensor_parallel_size,
                        gpu_memory_utilization=gpu_memory_utilization,
@@ -225,6 +264,14 @@ class VLLMEngine:
         """Stop the engine-core process (also done at interpreter exit)."""
         self.llm.llm_engine.engine_core.shutdown()
 
+    def sleep(self) -> None:
+        if self.sleeps:
+            self.llm.sleep(level=1)
+
+    def wake(self) -> None:
+        if self.sleeps:
+            self.llm.wake_up()
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy Hugging Face-named tensors in, `sync_bucket_bytes` per RPC; all
         parameters must come (tied ones once)."""
@@ -239,9 +286,37 @@ class VLLMEngine:
             # Always close the session: vLLM then restores the old tensors of
             # any layer that got nothing, so the engine stays usable.
             self.llm.collective_rpc("rlft_finish_update")
-            if not self.llm.reset_prefix_cache():
-                raise RuntimeError("vLLM refused to reset its prefix cache after a weight "
-                                   "update; cached prompts would use old weights")
+            self._reset_prefix_cache()
+        self._check_complete(loaded)
+
+    def init_sync_group(self, host: str, port: int, rank: int, world: int,
+                        backend: str = "nccl") -> list[int]:
+        """Join learner rank 0's broadcast group ("nccl" updates): this engine's
+        workers take ranks rank, rank+1, ... (one per tensor-parallel worker).
+        Blocks until every rank of the group has joined."""
+        return self.llm.collective_rpc("rlft_init_sync_group",
+                                       args=(host, port, rank, world, backend))
+
+    def receive_broadcast(self, update: WeightUpdate) -> None:
+        """Load an "nccl" update: every worker receives it from the sync group
+        while learner rank 0 broadcasts (`BroadcastSender.send`)."""
+        fields = {"version": update.version, "num_tensors": update.num_tensors,
+                  "transport": update.transport,
+                  "buckets": [[list(m) for m in b] for b in update.buckets]}
+        try:
+            loaded = {n for names in self.llm.collective_rpc("rlft_receive_broadcast",
+                                                             args=(fields,)) for n in names}
+        finally:
+            self._reset_prefix_cache()
+        self._check_complete(loaded)
+
+    def _reset_prefix_cache(self) -> None:
+        # Cached KV entries were computed with the old weights.
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM refused to reset its prefix cache after a weight "
+                               "update; cached prompts would use old weights")
+
+    def _check_complete(self, loaded: set[str]) -> None:
         missing = sorted(self.param_names - loaded)
         if missing:
             raise ValueError(f"weight update left {len(missing)} parameters of the vLLM model "

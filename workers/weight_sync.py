@@ -9,38 +9,137 @@ How a bucket travels is the update's `transport`, looked up in `TRANSPORTS`:
 - "inline": the buckets themselves (same process; tests).
 - "ray": Ray ObjectRefs; the sender `ray.put`s each bucket once and every
   engine `ray.get`s it (CPU clusters; the object store shares one copy per node).
-The NCCL path for GPU clusters (learner rank 0 broadcasts each bucket over a
-process group spanning learner and engines) comes with the vLLM engine: it
-registers a transport whose buckets are (name, shape, dtype) metadata and whose
-receiver posts the matching broadcasts. Nothing here pretends to do that yet.
+- "nccl": (name, shape, dtype) metadata only. Learner rank 0 (`BroadcastSender`)
+  broadcasts the tensors over a sync group spanning it (rank 0) and every
+  engine worker (ranks 1..); each receiver allocates what the metadata says
+  and posts the matching broadcasts, in the update's order. The group comes
+  from `GROUPS`: "nccl" (vLLM's PyNccl over a StatelessProcessGroup, GPUs) or
+  "gloo" (a torch gloo group outside torch.distributed's global state, CPU): the
+  CPU tests run the very send/receive code of the GPU path over gloo.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, Protocol
 
 import torch
 
 from rlft.registry import Registry
 
 Named = tuple[str, torch.Tensor]
+Meta = tuple[str, list[int], str]  # (name, shape, dtype name) of one broadcast tensor
 
-# A transport's receiver turns one stored bucket into its (name, tensor) list.
-TRANSPORTS: Registry[Callable[[Any], list[Named]]] = Registry("weight transport")
+
+class SyncGroup(Protocol):
+    """A broadcast group of learner rank 0 and the engines' workers."""
+
+    rank: int
+    device: torch.device  # where received tensors are allocated
+
+    def broadcast(self, tensor: torch.Tensor, src: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# A transport's receiver turns one stored bucket into its (name, tensor) list;
+# `group` is the receiver's sync group (None where the transport needs none).
+TRANSPORTS: Registry[Callable[[Any, SyncGroup | None], list[Named]]] = \
+    Registry("weight transport")
+# backend name -> factory(host, port, rank, world, timeout_s) of a SyncGroup.
+GROUPS: Registry[Callable[..., SyncGroup]] = Registry("sync group backend")
 
 
 @TRANSPORTS.register("inline")
-def _receive_inline(bucket: Any) -> list[Named]:
+def _receive_inline(bucket: Any, group: SyncGroup | None) -> list[Named]:
     return bucket
 
 
 @TRANSPORTS.register("ray")
-def _receive_ray(ref: Any) -> list[Named]:
+def _receive_ray(ref: Any, group: SyncGroup | None) -> list[Named]:
     import ray  # only where this transport is used: importing ray costs ~1 s
 
     return ray.get(ref)
+
+
+@TRANSPORTS.register("nccl")
+def _receive_broadcast(meta: Sequence[Sequence[Any]], group: SyncGroup | None) -> list[Named]:
+    if group is None:
+        raise RuntimeError("an 'nccl' weight update arrived but this receiver has no sync group; "
+                           "join learner rank 0's group first (init_sync_group)")
+    out = []
+    for name, shape, dtype in meta:  # msgpack / pickle may have turned tuples into lists
+        tensor = torch.empty(list(shape), dtype=getattr(torch, dtype), device=group.device)
+        group.broadcast(tensor, src=0)
+        out.append((name, tensor))
+    return out
+
+
+@GROUPS.register("gloo")
+class GlooGroup:
+    """A gloo process group of its own (TCPStore rendezvous, rank 0 hosts the
+    store): it leaves torch.distributed's default group alone, which vLLM's
+    workers and FSDP learners already use. Blocks until all `world` ranks join."""
+
+    def __init__(self, host: str, port: int, rank: int, world: int,
+                 timeout_s: float = 600.0) -> None:
+        import torch.distributed as dist
+
+        timeout = timedelta(seconds=timeout_s)
+        self.rank, self.world, self.device = rank, world, torch.device("cpu")
+        self._store = dist.TCPStore(host, port, world, is_master=rank == 0, timeout=timeout)
+        self._pg = dist.ProcessGroupGloo(self._store, rank, world, timeout)
+
+    def broadcast(self, tensor: torch.Tensor, src: int) -> None:
+        import torch.distributed as dist
+
+        opts = dist.BroadcastOptions()
+        opts.rootRank = src
+        self._pg.broadcast([tensor], opts).wait()
+
+    def close(self) -> None:
+        self._pg = self._store = None
+
+
+@GROUPS.register("nccl")
+class NcclGroup:
+    """vLLM's documented recipe for a trainer <-> engine group: a
+    `StatelessProcessGroup` (TCP rendezvous, outside torch.distributed's global
+    state) carrying a `PyNcclCommunicator` on this process's current GPU.
+    Learner and engine workers must all build it with this class (vLLM's
+    `unpinned_nccl_env`, where it exists, must apply on every side)."""
+
+    def __init__(self, host: str, port: int, rank: int, world: int,
+                 timeout_s: float = 600.0) -> None:
+        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+        from vllm.distributed.utils import StatelessProcessGroup
+
+        try:  # vLLM >= 0.3x: communicators shared with outside processes drop vLLM's pins
+            from vllm.utils.nccl import unpinned_nccl_env
+        except ImportError:
+            unpinned_nccl_env = contextlib.nullcontext
+        self.rank, self.world = rank, world
+        self.device = torch.device("cuda", torch.cuda.current_device())
+        # timeout_s is not passed: older vLLM's StatelessProcessGroup lacks it (300 s there).
+        pg = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world)
+        with unpinned_nccl_env():
+            self._comm = PyNcclCommunicator(pg, device=self.device)
+        if getattr(self._comm, "disabled", False):
+            # PyNccl disables itself (broadcast becomes a no-op) when libnccl fails to load.
+            raise RuntimeError(f"vLLM's PyNcclCommunicator is disabled in this process (rank "
+                               f"{rank}, {self.device}): NCCL did not load; check "
+                               "VLLM_NCCL_SO_PATH / the nccl package, or use the ray transport")
+
+    def broadcast(self, tensor: torch.Tensor, src: int) -> None:
+        self._comm.broadcast(tensor, src=src, stream=torch.cuda.current_stream())
+
+    def close(self) -> None:
+        destroy = getattr(self._comm, "destroy", None)  # older vLLM: freed with the object
+        if destroy is not None:
+            destroy()
 
 
 def bucketize(named: Iterable[Named], bucket_bytes: int) -> Iterator[list[Named]]:
@@ -71,7 +170,8 @@ class WeightUpdate:
     """New policy weights, version `version` (= optimizer steps applied)."""
 
     version: int
-    buckets: tuple[Any, ...]  # list[Named] ("inline"), or a Ray ObjectRef to one ("ray")
+    # list[Named] ("inline"), a Ray ObjectRef to one ("ray"), list[Meta] ("nccl")
+    buckets: tuple[Any, ...]
     num_tensors: int  # checked on receipt, so a lost bucket cannot pass silently
     transport: str = "ray"
 
@@ -104,17 +204,97 @@ def publish(named: Iterable[Named], version: int, bucket_bytes: int = 256 << 20,
                         transport=transport)
 
 
-def iter_update(update: WeightUpdate) -> Iterator[Named]:
-    """Every (name, tensor) of the update, fetching one bucket at a time."""
+def iter_buckets(update: WeightUpdate, group: SyncGroup | None = None) -> Iterator[list[Named]]:
+    """Every bucket of the update as a (name, tensor) list, fetched one at a
+    time; `group`: the receiver's sync group, for "nccl" updates."""
     receive = TRANSPORTS.get(update.transport)
     count = 0
     for i, stored in enumerate(update.buckets):
-        bucket = receive(stored)
+        bucket = receive(stored, group)
         if not isinstance(bucket, list):
             raise TypeError(f"weight update v{update.version}: bucket {i} holds "
                             f"{type(bucket).__name__}, expected a list of (name, tensor)")
         count += len(bucket)
-        yield from bucket
+        yield bucket
     if count != update.num_tensors:
         raise ValueError(f"weight update v{update.version} carried {count} tensors but "
                          f"announced {update.num_tensors}: a bucket was lost or altered")
+
+
+def iter_update(update: WeightUpdate, group: SyncGroup | None = None) -> Iterator[Named]:
+    """Every (name, tensor) of the update, fetching one bucket at a time."""
+    for bucket in iter_buckets(update, group):
+        yield from bucket
+
+
+def load_buckets(update: WeightUpdate, load: Callable[[list[Named]], None],
+                 group: SyncGroup | None = None) -> None:
+    """Receive every bucket and hand it to `load`. Once `load` fails, the rest
+    is still received, unloaded: a broadcasting sender would otherwise wait
+    forever for receives that never come. Then the first error is raised."""
+    error: Exception | None = None
+    for bucket in iter_buckets(update, group):
+        if error is None:
+            try:
+                load(bucket)
+            except Exception as exc:  # re-raised below, after draining the sender
+                error = exc
+    if error is not None:
+        raise error
+
+
+def sync_ranks(workers_per_engine: Sequence[int]) -> tuple[int, list[int]]:
+    """(world size, first rank of each engine) of a sync group: learner rank 0,
+    then each engine's workers (its tensor-parallel ranks) in turn.
+
+    >>> sync_ranks([2, 2, 1])
+    (6, [1, 3, 5])
+    """
+    firsts, nxt = [], 1
+    for n in workers_per_engine:
+        firsts.append(nxt)
+        nxt += n
+    return nxt, firsts
+
+
+class BroadcastSender:
+    """Learner rank 0's side of the "nccl" transport, in two phases because
+    receivers need the metadata before the first broadcast:
+
+    1. `stage(named, version)`: keep the tensors (on the group's device) and
+       return the update, metadata only, for the rollout workers;
+    2. `send()`, while every worker receives that update: broadcast them.
+
+    Learner wiring (rank 0 owns the sender; `named_weights` is collective, so
+    every rank calls `stage`'s gather): `init_sync_group` builds
+    `BroadcastSender(GROUPS.get(backend)(host, port, 0, world))`; a sync is
+    `update = stage(list(named_weights(cpu=False)), version)`, then the driver
+    runs `send()` and every worker's `load_weights(update)` concurrently.
+    """
+
+    def __init__(self, group: SyncGroup) -> None:
+        if group.rank != 0:
+            raise ValueError(f"BroadcastSender must be rank 0 of its sync group, got rank "
+                             f"{group.rank}: receivers load updates, they do not send them")
+        self.group = group
+        self._staged: list[list[Named]] | None = None
+
+    def stage(self, named: Iterable[Named], version: int,
+              bucket_bytes: int = 256 << 20) -> WeightUpdate:
+        buckets = [[(n, t.detach().to(self.group.device).contiguous()) for n, t in b]
+                   for b in bucketize(named, bucket_bytes)]
+        self._staged = buckets
+        meta = tuple([(n, list(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in b]
+                     for b in buckets)
+        return WeightUpdate(version=version, buckets=meta,
+                            num_tensors=sum(len(b) for b in buckets), transport="nccl")
+
+    def send(self) -> int:
+        """Broadcast the staged tensors in the update's order; returns how many."""
+        if self._staged is None:
+            raise RuntimeError("BroadcastSender.send() before stage(): nothing to broadcast")
+        buckets, self._staged = self._staged, None
+        for bucket in buckets:
+            for _, tensor in bucket:
+                self.group.broadcast(tensor, src=0)
+        return sum(len(b) for b in buckets)

