@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from rlft.algos.base import GlobalCounts
 from rlft.algos.logprobs import logprobs_from_hidden
 from rlft.packing import pack, pack_rows, use_packed_attention
 from rlft.types import TrainBatch
@@ -300,3 +301,57 @@ def _loopback_store(init_method: str, rank: int, world: int) -> dist.TCPStore | 
 
     return dist.TCPStore("127.0.0.1", int(port), world, rank == 0, timeout=default_pg_timeout,
                          master_listen_fd=fd)
+
+
+def shard_with_sum_reduction(module: nn.Module, layers: Sequence[nn.Module],
+                             param_dtype: str) -> None:
+    """fully_shard each decoder layer, then the root (embeddings, norm, head).
+
+    Each rank's loss is already its share of the globally normalised loss, so
+    the gradient is the SUM over ranks, not FSDP's default average. Sum-only
+    collectives also suit gloo (no AVG/PREMUL_SUM). Learner and critic share this.
+    """
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=getattr(torch, param_dtype), reduce_dtype=torch.float32)
+    for layer in layers:
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(module, mp_policy=mp)
+    for sub in module.modules():
+        if isinstance(sub, FSDPModule):
+            sub.set_gradient_divide_factor(1.0)
+            sub.set_force_sum_reduction_for_comms(True)
+
+
+def world_plan(attention_mask: torch.Tensor, token_budget: int, packed: bool,
+               device: torch.device) -> list[MicroBatch]:
+    """This rank's micro-batches, padded to the most any rank has: FSDP's
+    all-gathers and reduce-scatters pair up across ranks call by call."""
+    plan = plan_micro_batches(seq_lengths(attention_mask).tolist(), token_budget, packed)
+    n = torch.tensor([len(plan)], device=device)
+    dist.all_reduce(n, op=dist.ReduceOp.MAX)
+    return pad_plan(plan, int(n))
+
+
+def global_counts(masks: Sequence[torch.Tensor], extra: Sequence[int], device: torch.device
+                  ) -> tuple[list[GlobalCounts], list[int]]:
+    """Per-mask (tokens, sequences) summed over all ranks, plus `extra` local counts summed."""
+    local = list(extra) + [x for m in masks for x in (int(m.sum()), int(m.any(-1).sum()))]
+    totals = torch.tensor(local, dtype=torch.long, device=device)
+    dist.all_reduce(totals)
+    t, k = totals.tolist(), len(extra)
+    return [GlobalCounts(tokens=t[k + 2 * i], seqs=t[k + 2 * i + 1])
+            for i in range(len(masks))], t[:k]
+
+
+def reduce_sums(sums: dict[str, torch.Tensor], always: Sequence[str], world: int,
+                device: torch.device) -> dict[str, float]:
+    """Sum the named metric sums over ranks. A rank without rows has seen no
+    metric names, so the ranks agree on the union of names first."""
+    keys: list[list[str]] = [[] for _ in range(world)]
+    dist.all_gather_object(keys, sorted(sums))
+    names = sorted(set().union(*keys, always))
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    local = torch.stack([sums.get(n, zero).double() for n in names])  # [K]
+    dist.all_reduce(local)
+    return dict(zip(names, local.tolist()))

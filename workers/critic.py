@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from rlft import learn_ckpt
 from rlft.algos import losses  # noqa: F401  (registers the loss terms)
@@ -35,15 +34,16 @@ from rlft.learn_utils import (
     MicroBatch,
     add_to,
     check_batch,
+    global_counts,
     init_process_group,
     lr_lambda,
-    pad_plan,
     pick_device,
-    plan_micro_batches,
+    reduce_sums,
     rows_mask,
-    seq_lengths,
+    shard_with_sum_reduction,
     stand_in_inputs,
     term_names,
+    world_plan,
 )
 from rlft.types import TrainBatch
 
@@ -154,23 +154,11 @@ class Critic:
         """fully_shard each decoder layer, then the root (embeddings, norm, head); gradients
         are summed over ranks (see the Learner: losses are already global shares)."""
         module.to(self.device)
-        mp = MixedPrecisionPolicy(param_dtype=getattr(torch, self.p.param_dtype),
-                                  reduce_dtype=torch.float32)
-        for layer in module.backbone.layers:
-            fully_shard(layer, mp_policy=mp)
-        fully_shard(module, mp_policy=mp)
-        for sub in module.modules():
-            if isinstance(sub, FSDPModule):
-                sub.set_gradient_divide_factor(1.0)
-                sub.set_force_sum_reduction_for_comms(True)
+        shard_with_sum_reduction(module, module.backbone.layers, self.p.param_dtype)
         return module
 
     def _plan(self, batch: TrainBatch) -> list[MicroBatch]:
-        plan = plan_micro_batches(seq_lengths(batch.attention_mask).tolist(),
-                                  self.p.micro_batch_tokens)
-        n = torch.tensor([len(plan)], device=self.device)
-        dist.all_reduce(n, op=dist.ReduceOp.MAX)  # every rank runs as many forwards
-        return pad_plan(plan, int(n))
+        return world_plan(batch.attention_mask, self.p.micro_batch_tokens, False, self.device)
 
     def _cols(self, t: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
         return t[mb.rows, :mb.cols].to(self.device)  # [b, cols]
@@ -201,7 +189,7 @@ class Critic:
             raise ValueError("Critic.update needs at least one LossTermSpec (e.g. value_clip)")
         self.model.train()
         masks = [rows_mask(batch, t.rows) & token_mask(batch, t.tokens) for t in terms]  # [B, L]
-        counts = self._counts(masks)
+        counts, _ = global_counts(masks, [], self.device)
         names = term_names([t.loss for t in terms])
         sums: dict[str, torch.Tensor] = {}
         for mb in self._plan(batch):
@@ -241,21 +229,8 @@ class Critic:
             add_to(sums, f"{name}/{metric}", token_sum / max(cnt.tokens, 1))
         return value
 
-    def _counts(self, masks: list[torch.Tensor]) -> list[GlobalCounts]:
-        local = [x for m in masks for x in (int(m.sum()), int(m.any(-1).sum()))]
-        totals = torch.tensor(local, dtype=torch.long, device=self.device)
-        dist.all_reduce(totals)
-        t = totals.tolist()
-        return [GlobalCounts(tokens=t[2 * i], seqs=t[2 * i + 1]) for i in range(len(masks))]
-
     def _step(self, sums: dict[str, torch.Tensor], start: float) -> CriticStats:
-        keys: list[list[str]] = [[] for _ in range(self.world)]
-        dist.all_gather_object(keys, sorted(sums))  # a rank without rows has no names
-        names = sorted(set().union(*keys, {"loss"}))
-        zero = torch.zeros((), dtype=torch.float64, device=self.device)
-        local = torch.stack([sums.get(n, zero).double() for n in names])  # [K]
-        dist.all_reduce(local)
-        values = dict(zip(names, local.tolist()))
+        values = reduce_sums(sums, ("loss",), self.world, self.device)
         loss = values.pop("loss")
         v_mean, r_mean = values.pop("values_mean", 0.0), values.pop("returns_mean", 0.0)
         max_norm = self.p.max_grad_norm if self.p.max_grad_norm > 0 else math.inf

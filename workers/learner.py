@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from rlft import learn_ckpt, lora
 from rlft.algos import losses  # noqa: F401  (registers the loss terms)
@@ -39,15 +38,16 @@ from rlft.learn_utils import (
     build_model,
     check_batch,
     compile_layers,
+    global_counts,
     init_process_group,
     lr_lambda,
-    pad_plan,
     pick_device,
-    plan_micro_batches,
+    reduce_sums,
     rows_mask,
-    seq_lengths,
+    shard_with_sum_reduction,
     stand_in_inputs,
     term_names,
+    world_plan,
 )
 from rlft.lora import LoraParams
 from rlft.types import TrainBatch
@@ -185,18 +185,7 @@ class Learner:
         module.to(self.device)
         if self.p.compile:
             compile_layers(module.lm.model.layers)
-        mp = MixedPrecisionPolicy(param_dtype=getattr(torch, self.p.param_dtype),
-                                  reduce_dtype=torch.float32)
-        for layer in module.lm.model.layers:
-            fully_shard(layer, mp_policy=mp)
-        fully_shard(module, mp_policy=mp)
-        for sub in module.modules():
-            if isinstance(sub, FSDPModule):
-                # Each rank's loss is already its share of the globally normalised
-                # loss, so the gradient is the SUM over ranks, not FSDP's default
-                # average. Sum-only collectives also suit gloo (no AVG/PREMUL_SUM).
-                sub.set_gradient_divide_factor(1.0)
-                sub.set_force_sum_reduction_for_comms(True)
+        shard_with_sum_reduction(module, module.lm.model.layers, self.p.param_dtype)
         return module
 
     # -- forward passes -----------------------------------------------------
@@ -242,13 +231,8 @@ class Learner:
         return t[mb.rows, :mb.cols].to(self.device)  # [b, cols]
 
     def _plan(self, batch: TrainBatch) -> list[MicroBatch]:
-        """This rank's micro-batches, padded to the most any rank has: FSDP's
-        all-gathers and reduce-scatters pair up across ranks call by call."""
-        plan = plan_micro_batches(seq_lengths(batch.attention_mask).tolist(),
-                                  self.p.micro_batch_tokens, self.p.packing)
-        n = torch.tensor([len(plan)], device=self.device)
-        dist.all_reduce(n, op=dist.ReduceOp.MAX)
-        return pad_plan(plan, int(n))
+        return world_plan(batch.attention_mask, self.p.micro_batch_tokens, self.p.packing,
+                          self.device)
 
     # -- the update ---------------------------------------------------------
     def update(self, batch: TrainBatch, terms: Sequence[LossTermSpec]) -> UpdateStats:
@@ -316,25 +300,13 @@ class Learner:
     def _global_counts(self, batch: TrainBatch, masks: list[torch.Tensor]
                        ) -> tuple[list[GlobalCounts], int]:
         """Per-term token and sequence counts, and response tokens, over all ranks."""
-        local = [int(batch.response_mask.bool().sum())]
-        for m in masks:
-            local += [int(m.sum()), int(m.any(-1).sum())]
-        totals = torch.tensor(local, dtype=torch.long, device=self.device)
-        dist.all_reduce(totals)
-        t = totals.tolist()
-        return [GlobalCounts(tokens=t[1 + 2 * i], seqs=t[2 + 2 * i])
-                for i in range(len(masks))], t[0]
+        counts, (resp_tokens,) = global_counts(
+            masks, [int(batch.response_mask.bool().sum())], self.device)
+        return counts, resp_tokens
 
     def _step(self, sums: dict[str, torch.Tensor], resp_tokens: int, start: float
               ) -> UpdateStats:
-        # A rank without rows has seen no metric names; agree on the union first.
-        keys: list[list[str]] = [[] for _ in range(self.world)]
-        dist.all_gather_object(keys, sorted(sums))
-        names = sorted(set().union(*keys, {"loss", "entropy"}))
-        zero = torch.zeros((), dtype=torch.float64, device=self.device)
-        local = torch.stack([sums.get(n, zero).double() for n in names])  # [K]
-        dist.all_reduce(local)
-        values = dict(zip(names, local.tolist()))
+        values = reduce_sums(sums, ("loss", "entropy"), self.world, self.device)
         loss = values.pop("loss", 0.0)
         entropy = values.pop("entropy", 0.0) / max(resp_tokens, 1)
         max_norm = self.p.max_grad_norm if self.p.max_grad_norm > 0 else math.inf
