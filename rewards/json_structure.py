@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rlft.rewards.base import reward
-from rlft.rewards.jsontext import as_json, find_json, same
+from rlft.rewards.jsontext import as_json, conforms, find_json, same
 
 WEIGHTS = {"parsed": 1.0, "clean": 0.5, "schema": 1.0, "keys": 1.0, "fields": 2.0}
 
@@ -64,15 +64,7 @@ def json_structure(completion: str, *, schema: Any = None, answer: Any = None,
 
 
 def _conforms(value: Any, schema: Any) -> bool:
-    import jsonschema
-
-    validator = jsonschema.validators.validator_for(schema)
-    try:
-        validator.check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise ValueError(f"json_structure: row field 'schema' is not a valid JSON Schema: "
-                         f"{exc.message}") from exc
-    return validator(schema).is_valid(value)
+    return conforms(value, schema, "json_structure: row field 'schema' is not a valid JSON Schema")
 
 
 def _required(schema: Any, ref: Any) -> set[str]:

@@ -107,3 +107,15 @@ def _number(v: Any) -> float | None:
             return None
         return x if math.isfinite(x) else None
     return None
+
+
+def conforms(value: Any, schema: Any, bad_schema: str) -> bool:
+    """`value` is valid under `schema`; an invalid schema raises ValueError(`bad_schema`: why)."""
+    import jsonschema
+
+    validator = jsonschema.validators.validator_for(schema)
+    try:
+        validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ValueError(f"{bad_schema}: {exc.message}") from exc
+    return validator(schema).is_valid(value)

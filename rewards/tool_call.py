@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlft.rewards.base import reward
-from rlft.rewards.jsontext import as_json, find_json, loads_or_none, same
+from rlft.rewards.jsontext import as_json, conforms, find_json, loads_or_none, same
 
 WEIGHTS = {"parsed": 1.0, "name": 2.0, "arg_names": 1.0, "arg_types": 1.0, "values": 2.0}
 MAX_DEPTH = 8
@@ -172,20 +172,13 @@ def _part_scores(pairs: list, specs: dict[str, dict] | None, has_ref: bool) -> d
 
 
 def _check_args(call: Call, schema: dict) -> tuple[bool, bool]:
-    import jsonschema
-
     if call.arguments is None:
         return False, False
     declared = set(schema.get("properties", {}))
     required = set(schema.get("required", []))
     names_ok = set(call.arguments) <= declared and required <= set(call.arguments)
-    validator = jsonschema.validators.validator_for(schema)
-    try:
-        validator.check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise ValueError(f"tool_call: the parameters of tool {call.name!r} in row field 'tools' "
-                         f"are not a valid JSON Schema: {exc.message}") from exc
-    return names_ok, validator(schema).is_valid(call.arguments)
+    return names_ok, conforms(call.arguments, schema, f"tool_call: the parameters of tool "
+                              f"{call.name!r} in row field 'tools' are not a valid JSON Schema")
 
 
 def _values(call: Call, ref: Call) -> float:
