@@ -57,7 +57,13 @@ class ConsoleSink:
 
 
 class JsonlSink:
-    def __init__(self, path: Path) -> None:
+    """One JSON line per step. A resumed run (first_step > 0) first drops the
+    records of steps >= first_step: the crashed run logged them, the resumed run
+    redoes them, and the file should hold each step once, as it was finally run."""
+
+    def __init__(self, path: Path, first_step: int = 0) -> None:
+        if first_step > 0 and path.exists():
+            _truncate_steps(path, first_step)
         self.file = open(path, "a", buffering=1)  # line-buffered: a crash loses no step
 
     def log(self, m: StepMetrics) -> None:
@@ -65,6 +71,23 @@ class JsonlSink:
 
     def close(self) -> None:
         self.file.close()
+
+
+def _truncate_steps(path: Path, first_step: int) -> None:
+    """Keep the records of steps < first_step, replacing the file atomically (a
+    crash here leaves the old file whole). A torn last line (kill -9 mid-write)
+    is dropped too."""
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and int(record.get("step", 0)) < first_step:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
 
 
 class WandbSink:
@@ -85,7 +108,7 @@ class WandbSink:
 class TensorBoardSink:
     """Scalars under `<run>/tensorboard/`; the scrubbed config as text at step 0."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, config: dict[str, Any], first_step: int = 0) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:  # torch's module imports the tensorboard package
@@ -94,9 +117,12 @@ class TensorBoardSink:
                 "installed. Install it with `pip install tensorboard` (or the extra: "
                 "pip install -e '.[tensorboard]'), or drop tensorboard from logging.loggers."
             ) from exc
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-        text = yaml.safe_dump(scrub(config), sort_keys=False)
-        self.writer.add_text("config", f"```\n{text}\n```", global_step=0)
+        # purge_step: a resumed run hides the crashed run's events from first_step on.
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"),
+                                    purge_step=first_step or None)
+        if not first_step:  # a resumed run's config text is already there
+            text = yaml.safe_dump(scrub(config), sort_keys=False)
+            self.writer.add_text("config", f"```\n{text}\n```", global_step=0)
 
     def log(self, m: StepMetrics) -> None:
         for key, value in m.flat().items():
@@ -145,11 +171,11 @@ SinkFactory = Callable[[Path, str, str, dict[str, Any], int, int], Sink]
 SINKS: dict[str, SinkFactory] = {
     "console": lambda run_dir, name, project, config, total, first: ConsoleSink(total, first),
     "jsonl": lambda run_dir, name, project, config, total, first:
-        JsonlSink(run_dir / "metrics.jsonl"),
+        JsonlSink(run_dir / "metrics.jsonl", first),
     "wandb": lambda run_dir, name, project, config, total, first:
         WandbSink(project, run_dir, name, config),
     "tensorboard": lambda run_dir, name, project, config, total, first:
-        TensorBoardSink(run_dir, config),
+        TensorBoardSink(run_dir, config, first),
 }
 
 

@@ -164,8 +164,8 @@ def read_checkpoint(ckpt: Path, scratch: Path) -> dict:
 
 
 def metrics_by_step(run: Path) -> dict[int, dict]:
-    """The last record of each step in metrics.jsonl (a resumed run re-logs the
-    steps after its checkpoint)."""
+    """The record of each step in metrics.jsonl (a resumed run first drops the
+    records of the steps it redoes; the last one wins should a file hold two)."""
     out = {}
     path = run / "metrics.jsonl"
     if path.is_file():
@@ -234,8 +234,19 @@ class FaultedRun:
         return sum(max(k.steps_done - k.resume_step, 0) for k in self.kills)
 
 
-def _lines(path: Path) -> int:
-    return len(path.read_text().splitlines()) if path.is_file() else 0
+def _text(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
+
+
+def steps_done(before: str, after: str, start_step: int) -> int:
+    """Steps a launch that resumed at `start_step` had finished, from metrics.jsonl's
+    text before it started and when it was killed. Its sink first drops the records
+    of steps >= start_step (the crashed launch's), then appends its own; a launch
+    killed before its sink opened left the file as it was."""
+    if after == before:
+        return start_step
+    return start_step + sum(1 for line in after.splitlines()
+                            if line.strip() and json.loads(line)["step"] >= start_step)
 
 
 def run_with_kills(work: Path, data: Path, steps: int, plan: list[str], rng,
@@ -255,7 +266,7 @@ def run_with_kills(work: Path, data: Path, steps: int, plan: list[str], rng,
         start = checkpoint.latest(ckpts)
         starts.append(None if start is None else start.name)
         start_step = 0 if start is None else int(start.name.split("-")[1])
-        logged = _lines(run_dir / "run" / "metrics.jsonl")
+        logged = _text(run_dir / "run" / "metrics.jsonl")
         launch = Launch(args + (["--resume", "auto"] if i else []), log, env)
         if kind == "finish":
             code = launch.wait(timeout)
@@ -274,7 +285,7 @@ def run_with_kills(work: Path, data: Path, steps: int, plan: list[str], rng,
             wait_for(lambda f=log: "Started a local Ray instance" in f.read_text(errors="replace"),
                      timeout, launch)
             time.sleep(rng.uniform(0.0, 3.0))
-        done = start_step + _lines(run_dir / "run" / "metrics.jsonl") - logged
+        done = steps_done(logged, _text(run_dir / "run" / "metrics.jsonl"), start_step)
         stray = launch.kill()
         latest = checkpoint.latest(ckpts)
         unreadable = []

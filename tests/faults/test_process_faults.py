@@ -14,6 +14,7 @@ takes about 3 minutes.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -76,6 +77,9 @@ def test_resume_at_an_epoch_boundary_trains_the_remaining_steps(runs):
     boundary = read_checkpoint(faulted.run / "checkpoints" / "step-000006", work / "scratch")
     assert boundary["state"]["step"] == STEPS
     assert sorted(metrics_by_step(faulted.run)) == list(range(STEPS))
+    # Each step logged once, in order: every resume dropped the records of the steps it redid.
+    lines = (faulted.run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(STEPS))
     first_resume = faulted.logs[1].read_text()
     assert "resumed from" in first_resume and "step-000002" in first_resume
 

@@ -92,3 +92,47 @@ def test_config_accepts_tensorboard_and_lists_it_as_a_choice():
     assert load_config(None, ["logging.loggers=[tensorboard]"]).logging.loggers == ["tensorboard"]
     with pytest.raises(ConfigError, match="logging.loggers: 'tensorbord'.*tensorboard"):
         load_config(None, ["logging.loggers=[tensorbord]"])
+
+
+def _steps(path: Path) -> list[int]:
+    import json
+
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()]
+
+
+def test_jsonl_sink_of_a_resumed_run_drops_the_steps_it_redoes(tmp_path):
+    crashed = tracking.make_sinks(["jsonl"], tmp_path, "r", "p", {}, 6, 0)[0]
+    for step in range(5):  # the crashed run got to step 4; its last checkpoint is step 3
+        crashed.log(_metrics(step))
+    crashed.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "rew')  # torn by kill -9 mid-write
+    resumed = tracking.make_sinks(["jsonl"], tmp_path, "r", "p", {}, 6, 3)[0]
+    for step in range(3, 6):
+        resumed.log(_metrics(step))
+    resumed.close()
+    assert _steps(tmp_path / "metrics.jsonl") == [0, 1, 2, 3, 4, 5]  # each step once
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_jsonl_sink_of_a_fresh_run_appends(tmp_path):
+    for first in (0, 0):  # two launches of a fresh (not resumed) run keep both records
+        sink = tracking.make_sinks(["jsonl"], tmp_path, "r", "p", {}, 1, first)[0]
+        sink.log(_metrics(0))
+        sink.close()
+    assert _steps(tmp_path / "metrics.jsonl") == [0, 0]
+
+
+def test_tensorboard_sink_of_a_resumed_run_purges_the_redone_steps(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    crashed = tracking.make_sinks(["tensorboard"], tmp_path, "r", "p", {}, 4, 0)[0]
+    for step in range(3):
+        crashed.log(_metrics(step))
+    crashed.close()
+    resumed = tracking.make_sinks(["tensorboard"], tmp_path, "r", "p", {}, 4, 1)[0]
+    for step in range(1, 4):
+        resumed.log(_metrics(step))
+    resumed.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    assert [e.step for e in acc.Scalars("reward/mean")] == [0, 1, 2, 3]
