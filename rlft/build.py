@@ -65,12 +65,20 @@ def sampling_params(cfg: Config, seed: int) -> SamplingParams:
                           max_new_tokens=r.max_new_tokens, stop=tuple(r.stop), seed=seed)
 
 
+def optimizer_steps(cfg: Config, training_steps: int) -> int:
+    """Optimizer steps in `training_steps` training steps: the learners' schedulers
+    advance once per optimizer step, and train.steps / train.warmup_steps count
+    training steps, each train.epochs x train.minibatches updates."""
+    return training_steps * cfg.train.epochs * cfg.train.minibatches
+
+
 def learner_params(cfg: Config) -> LearnerParams:
     t, lo = cfg.train, cfg.model.lora
     return LearnerParams(
-        lr=t.lr, weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
-        total_steps=t.steps, lr_schedule=t.lr_schedule, max_grad_norm=t.max_grad_norm,
-        micro_batch_tokens=t.micro_batch_tokens, grad_checkpointing=cfg.model.grad_checkpointing,
+        lr=t.lr, weight_decay=t.weight_decay, warmup_steps=optimizer_steps(cfg, t.warmup_steps),
+        total_steps=optimizer_steps(cfg, t.steps), lr_schedule=t.lr_schedule,
+        max_grad_norm=t.max_grad_norm, micro_batch_tokens=t.micro_batch_tokens,
+        grad_checkpointing=cfg.model.grad_checkpointing,
         packing=t.packing, compile=t.compile,
         seed=t.seed, max_nonfinite_steps=t.max_nonfinite_steps, param_dtype=cfg.model.dtype,
         lora=LoraParams(r=lo.r, alpha=lo.alpha, dropout=lo.dropout,
@@ -159,7 +167,8 @@ REWARD_ACTORS = {"service": _service, "self_reward": _self_reward}
 def critic_params(cfg: Config) -> CriticParams:
     t = cfg.train
     return CriticParams(lr=cfg.algo.ppo.critic_lr, weight_decay=t.weight_decay,
-                        warmup_steps=t.warmup_steps, total_steps=t.steps,
+                        warmup_steps=optimizer_steps(cfg, t.warmup_steps),
+                        total_steps=optimizer_steps(cfg, t.steps),  # as many as the policy
                         lr_schedule=t.lr_schedule, max_grad_norm=t.max_grad_norm,
                         micro_batch_tokens=t.micro_batch_tokens, param_dtype=cfg.model.dtype,
                         seed=t.seed, grad_checkpointing=cfg.model.grad_checkpointing)

@@ -225,11 +225,19 @@ class AlgoConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = doc(16, "Training steps (one rollout batch and one optimizer step each).", lo=1)
+    steps: int = doc(16, "Training steps (one rollout batch and train.epochs x "
+                     "train.minibatches optimizer steps each).", lo=1)
+    epochs: int = doc(1, "Passes over each rollout batch (PPO epochs). More than one update "
+                      "per batch takes PPO's ratio against the sampling policy, so the clip "
+                      "binds.", lo=1)
+    minibatches: int = doc(1, "Optimizer steps per epoch: the batch's prompt groups are split "
+                           "into this many minibatches (whole groups, reshuffled each epoch); "
+                           "at most rollout.prompts_per_step.", lo=1)
     seed: int = doc(0, "Seed for data order, sampling and initialisation.")
     lr: float = doc(2e-5, "Peak learning rate.", lo=0.0)
     lr_schedule: str = doc("constant", "Decay after warm-up.", choices=("constant", "cosine", "linear"))
-    warmup_steps: int = doc(0, "Linear learning-rate warm-up steps.", lo=0)
+    warmup_steps: int = doc(0, "Linear learning-rate warm-up over the first N training steps "
+                            "(warm-up and decay advance with every optimizer step).", lo=0)
     weight_decay: float = doc(0.0, "AdamW weight decay.", lo=0.0)
     max_grad_norm: float = doc(1.0, "Gradient clipping norm.", lo=0.0)
     micro_batch_tokens: int = doc(4096, "Token budget of one learner micro-batch (real tokens "
@@ -429,6 +437,12 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError(f"rollout.mode=colocated shares one GPU between a rollout worker and "
                           f"a learner rank, so rollout.tensor_parallel_size must be 1 (got "
                           f"{r.tensor_parallel_size}); use rollout.mode=split for tensor parallel")
+    t = cfg.train
+    if t.minibatches > r.prompts_per_step:
+        raise ConfigError(f"train.minibatches={t.minibatches} is more than the "
+                          f"{r.prompts_per_step} prompt groups of a step (a minibatch holds whole "
+                          f"groups): lower train.minibatches to at most "
+                          f"rollout.prompts_per_step={r.prompts_per_step}, or raise the latter")
     if not cfg.reward.terms:
         raise ConfigError("reward.terms is empty: name at least one reward, e.g. "
                           "reward.terms=[{name: accuracy}]")

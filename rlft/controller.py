@@ -33,6 +33,7 @@ from rlft.evaluate import evaluate, spec_from
 from rlft.runs import RunFolder
 from rlft.tracking import make_sinks
 from rlft.types import PromptBatch, Rollouts, ScoredRollouts, StepMetrics, TrainBatch
+from rlft.updates import UpdatePlan, mean_stats, minibatches
 from rlft.workers.rollout import SamplingParams
 
 log = logging.getLogger("rlft")
@@ -62,6 +63,7 @@ class Trainer:
             :cfg.train.eval_prompts or None] if cfg.train.eval_every else ()
         self.pools = build_pools(cfg, self.algo)
         self.step, self.version = 0, 0
+        self.plan = UpdatePlan(cfg.train.epochs, cfg.train.minibatches, cfg.train.seed)
         self.colocated = cfg.rollout.mode == "colocated"  # rollout sleeps in the learner phase
         if self.run.resume_from is not None:
             self._restore(self.run.resume_from)
@@ -177,8 +179,11 @@ class Trainer:
         if self.algo.needs_ref:
             ref, _ = self._logprobs(batch, ref=True)
             batch = batch.with_(ref_logprobs=ref)
-        if self.algo.needs_old_logprobs:
-            old, _ = self._logprobs(batch, ref=False)  # the policy that sampled (this version)
+        entropy = None
+        # Several updates per batch: PPO's ratio is taken against the policy that
+        # sampled (this version), not against each update's starting point.
+        if self.algo.needs_old_logprobs or self.plan.updates > 1:
+            old, entropy = self._logprobs(batch, ref=False)
             batch = batch.with_(old_logprobs=old)
         if self.algo.needs_critic:
             batch = batch.with_(values=self.values(batch))
@@ -187,14 +192,22 @@ class Trainer:
             self._adv_metrics.update(shaped)
         batch = with_advantages(batch, token_rewards, self.algo.advantage, self.algo.adv_params)
         if self.algo.token_filter is not None:
-            _, entropy = self._logprobs(batch, ref=False)  # the policy this update starts from
+            if entropy is None:  # the policy the update starts from (the pass above, if any)
+                _, entropy = self._logprobs(batch, ref=False)
             batch = self.algo.token_filter(batch, entropy)
         return batch
 
     def update(self, batch: TrainBatch, terms: tuple[LossTermSpec, ...]):
-        world = len(self.pools.learners)
+        """train.epochs x train.minibatches optimizer steps (rlft/updates.py), their
+        figures averaged."""
+        return mean_stats([self._update_once(self.pools.learners, mb, terms)
+                           for mb in minibatches(batch, self.plan, self.step)])
+
+    def _update_once(self, ranks: list, batch: TrainBatch, terms: tuple[LossTermSpec, ...]):
+        """One optimizer step of the learner (or critic) world, each rank on its rows."""
+        world = len(ranks)
         stats = ray.get([lrn.update.remote(_rows(batch, r, world), terms)
-                         for r, lrn in enumerate(self.pools.learners)])
+                         for r, lrn in enumerate(ranks)])
         return stats[0]  # every rank reports the same reduced figures
 
     def values(self, batch: TrainBatch) -> torch.Tensor:
@@ -208,11 +221,11 @@ class Trainer:
         return out
 
     def update_critic(self, batch: TrainBatch):
-        """The critic fits the batch's `returns` (after the policy update)."""
-        world = len(self.pools.critics)
-        stats = ray.get([c.update.remote(_rows(batch, r, world), self.algo.critic_terms)
-                         for r, c in enumerate(self.pools.critics)])
-        return stats[0]
+        """The critic fits the batch's `returns` (after the policy update) over the same
+        epochs x minibatches as the policy, as PPO does: its clipped value loss keeps
+        each value near the rollout-time one however many passes it takes."""
+        return mean_stats([self._update_once(self.pools.critics, mb, self.algo.critic_terms)
+                           for mb in minibatches(batch, self.plan, self.step)])
 
     def sync_weights(self) -> None:
         # Gathering full weights is collective: every rank takes part, rank 0 publishes.
@@ -278,7 +291,8 @@ class Trainer:
             clip_frac=float(stats.metrics.get("clip_frac", 0.0)),
             tokens_per_s=float(lengths.sum()) / max(total, 1e-9), stage_seconds=dict(seconds),
             reward_components=comps, reward_failures=scored.failures,
-            extra={"lr": stats.lr, **self.algo.step_metrics(step), **(extra or {})},
+            extra={"lr": stats.lr, "updates_per_step": stats.metrics.get("updates", 1.0),
+                   **self.algo.step_metrics(step), **(extra or {})},
         )
 
     def close(self) -> None:
