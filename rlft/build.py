@@ -12,6 +12,7 @@ from rlft.data import PromptSampler, build_prompts, load_rows
 from rlft.models import load_tokenizer, resolve_model
 from rlft.registry import RegistryError
 from rlft.rewards.base import RewardTerm, load_term
+from rlft.sync import WeightSync
 from rlft.workers.critic import Critic, CriticParams
 from rlft.workers.learner import Learner, LearnerParams, LoraParams
 from rlft.workers.placement import (
@@ -57,6 +58,42 @@ def engine_kwargs(cfg: Config, engine: str) -> dict:
     import torch
 
     return dict(dtype=getattr(torch, dtype))
+
+
+def weight_transport(cfg: Config, gpus: float, vllm_installed: bool | None = None) -> str | None:
+    """The sync group backend of the broadcast weight transport ("nccl" when the
+    learner uses CUDA, "gloo" on CPU), or None for the Ray object store.
+    `vllm_installed`: None = look; the NCCL group is vLLM's PyNccl."""
+    r = cfg.rollout
+    if vllm_installed is None:
+        vllm_installed = importlib.util.find_spec("vllm") is not None
+    if r.weight_transport == "auto":
+        # Colocated GPU runs keep ray: NCCL cannot link two ranks on one GPU.
+        use = bool(gpus) and r.mode == "split" and vllm_installed
+        return "nccl" if use else None
+    if r.weight_transport == "ray":
+        return None
+    if not gpus:
+        return "gloo"
+    if r.mode == "colocated":
+        raise ConfigError("rollout.weight_transport=broadcast with rollout.mode=colocated on "
+                          "GPUs: NCCL cannot link a learner rank and the rollout worker that "
+                          "shares its GPU; set rollout.weight_transport=ray (or auto), or "
+                          "rollout.mode=split")
+    if not vllm_installed:
+        raise ConfigError("rollout.weight_transport=broadcast on GPUs sends over vLLM's "
+                          "PyNccl, but vLLM is not installed; install vllm, or set "
+                          "rollout.weight_transport=ray")
+    return "nccl"
+
+
+def build_weight_sync(cfg: Config, pools: Pools) -> WeightSync:
+    """The run's weight sync, its broadcast group (if any) already joined."""
+    backend = weight_transport(cfg, gpus_per_actor())
+    per_engine = cfg.rollout.tensor_parallel_size if engine_name(cfg) == "vllm" else 1
+    sync = WeightSync(pools.learners, pools.rollout, backend, per_engine)
+    sync.connect()
+    return sync
 
 
 def sampling_params(cfg: Config, seed: int) -> SamplingParams:
@@ -115,6 +152,7 @@ def build_pools(cfg: Config, algo: Algorithm) -> Pools:
     gpus = gpus_per_actor()
     engine = engine_name(cfg)
     roll_kwargs = engine_kwargs(cfg, engine)  # fails on vLLM-only settings before actors start
+    weight_transport(cfg, gpus)  # and on a broadcast transport that cannot work
     world = cfg.train.learner_workers
     # Colocated on GPUs: learner rank i and rollout worker j (j % world == i) share bundle i.
     shared = bool(gpus) and cfg.rollout.mode == "colocated"

@@ -106,6 +106,11 @@ class RolloutConfig:
     gpu_memory_utilization: float = doc(0.5, "vLLM only: share of its GPU's memory an engine "
                                         "may take (weights + KV cache); leave room for the "
                                         "learner in colocated mode.", lo=0.01, hi=1.0)
+    weight_transport: str = doc("auto", "How new weights reach the rollout engines. ray: "
+                                "through the Ray object store; broadcast: learner rank 0 "
+                                "broadcasts them to every engine worker over a sync group (NCCL "
+                                "on GPUs, gloo on CPU); auto: broadcast on GPUs in split mode, "
+                                "ray otherwise.", choices=("auto", "ray", "broadcast"))
 
 
 @dataclass

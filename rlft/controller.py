@@ -27,7 +27,7 @@ from rlft.batching import (
     varied_groups,
     with_advantages,
 )
-from rlft.build import build_pools, build_prompts_for, sampling_params
+from rlft.build import build_pools, build_prompts_for, build_weight_sync, sampling_params
 from rlft.config import Config
 from rlft.evaluate import evaluate, spec_from
 from rlft.runs import RunFolder
@@ -62,6 +62,7 @@ class Trainer:
         self.eval_prompts = build_prompts_for(cfg, cfg.data.eval_split)[0].prompts[
             :cfg.train.eval_prompts or None] if cfg.train.eval_every else ()
         self.pools = build_pools(cfg, self.algo)
+        self.weights = build_weight_sync(cfg, self.pools)  # rollout.weight_transport
         self.step, self.version = 0, 0
         self.plan = UpdatePlan(cfg.train.epochs, cfg.train.minibatches, cfg.train.seed)
         self.colocated = cfg.rollout.mode == "colocated"  # rollout sleeps in the learner phase
@@ -160,7 +161,8 @@ class Trainer:
             log.warning("rollouts came from policy versions %s, expected %d: a rollout worker "
                         "was restarted; re-sending the weights and generating again",
                         sorted({p.policy_version for p in parts}), self.version)
-            self.sync_weights()
+            # Its broadcast group membership is gone too: the group is rebuilt first.
+            self.sync_weights(rejoin=True)
             parts = run()
         out = Rollouts.concat(parts)
         if out.policy_version != self.version:
@@ -227,11 +229,10 @@ class Trainer:
         return mean_stats([self._update_once(self.pools.critics, mb, self.algo.critic_terms)
                            for mb in minibatches(batch, self.plan, self.step)])
 
-    def sync_weights(self) -> None:
-        # Gathering full weights is collective: every rank takes part, rank 0 publishes.
-        update = ray.get([lrn.weight_update.remote(self.version)
-                          for lrn in self.pools.learners])[0]
-        ray.get([w.load_weights.remote(update) for w in self.pools.rollout])
+    def sync_weights(self, rejoin: bool = False) -> None:
+        """The learner's weights, as version self.version, into every rollout worker
+        (rlft/sync.py); `rejoin`: rebuild the broadcast group first."""
+        self.weights.push(self.version, rejoin)
 
     def evaluate(self) -> dict[str, float]:
         """Held-out pass@k and reward on the running rollout workers (rlft/evaluate.py)."""

@@ -51,6 +51,7 @@ from rlft.learn_utils import (
 )
 from rlft.lora import LoraParams
 from rlft.types import TrainBatch
+from rlft.workers.weight_sync import GROUPS, BroadcastSender, WeightUpdate, publish
 
 __all__ = ["Learner", "LearnerParams", "LoraParams", "LossTermSpec", "NonFiniteError",
            "UpdateStats"]
@@ -143,6 +144,7 @@ class Learner:
             raise ValueError(f"Learner rank={rank} must be in [0, world_size={world_size})")
         self.p, self.rank, self.world = params, rank, world_size
         self.device = pick_device(rank)
+        self._sender: BroadcastSender | None = None  # rank 0, broadcast weight transport
         self._own_pg = init_process_group(self.device, rank, world_size, init_method)
         try:
             self._build(model, ref_model)
@@ -369,10 +371,44 @@ class Learner:
 
     def weight_update(self, version: int, bucket_bytes: int = 256 << 20):
         """Publish the weights for the rollout engines (rank 0's result counts). Collective."""
-        from rlft.workers.weight_sync import publish
-
         named = list(self.named_weights())
         return publish(named, version, bucket_bytes, use_ray=True) if self.rank == 0 else None
+
+    # The broadcast transport (workers/weight_sync.py BroadcastSender): rank 0 sends.
+    def init_sync_group(self, host: str, port: int, world: int, backend: str) -> None:
+        """Rank 0 hosts the sync group's rendezvous at host:port and joins as its
+        sender (blocks until all `world` ranks have joined); a group built
+        before is closed first. Other ranks have no part in it."""
+        if self.rank == 0:
+            self._close_sync_group()
+            self._sender = BroadcastSender(GROUPS.get(backend)(host, port, 0, world))
+
+    def stage_weights(self, version: int, bucket_bytes: int = 256 << 20) -> WeightUpdate | None:
+        """Gather the weights, left on the learner's device, for `send_weights`;
+        rank 0 returns the metadata-only update for the rollout workers, others
+        None. Collective. Other ranks gather with cpu=True: the same collectives,
+        but each gathered tensor is dropped at once instead of kept on device."""
+        named = list(self.named_weights(cpu=self.rank != 0))
+        if self.rank != 0:
+            return None
+        return self._sync_sender().stage(named, version, bucket_bytes)
+
+    def send_weights(self) -> int:
+        """Rank 0 broadcasts the staged weights (while every engine worker
+        receives); returns how many tensors. Other ranks: 0."""
+        return self._sync_sender().send() if self.rank == 0 else 0
+
+    def _sync_sender(self) -> BroadcastSender:
+        if self._sender is None:
+            raise RuntimeError("the broadcast weight transport needs learner rank 0 in a sync "
+                               "group: call init_sync_group first (or use "
+                               "rollout.weight_transport=ray)")
+        return self._sender
+
+    def _close_sync_group(self) -> None:
+        if self._sender is not None:
+            self._sender.group.close()
+            self._sender = None
 
     def save(self, path: str) -> None:
         """Model, optimizer, scheduler, counters and RNG into the folder `path`
@@ -422,7 +458,9 @@ class Learner:
         dist.barrier()
 
     def shutdown(self) -> None:
-        """Destroy the process group if this learner created it."""
+        """Close the weight sync group; destroy the process group if this learner
+        created it."""
+        self._close_sync_group()
         if self._own_pg and dist.is_initialized():
             dist.destroy_process_group()
             self._own_pg = False

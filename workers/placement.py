@@ -52,10 +52,23 @@ def _loopback_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def rendezvous_address(handle: Any) -> tuple[str, int]:
+    """(host, port) for a rendezvous that the actor `handle` hosts: its node's
+    Ray address (127.0.0.1 on a local cluster, which `init_ray` keeps on
+    loopback; the node's IP on a cluster, where peers on other nodes must reach
+    it) and a port free there, picked in the actor's own process."""
+    return ray.get(handle.__ray_call__.remote(_node_port))
+
+
+def _node_port(instance: Any) -> tuple[str, int]:
+    host = ray.util.get_node_ip_address()
+    return host, free_port(host)
 
 
 def actor(cls: type, *args: Any, num_cpus: float = 0, num_gpus: float = 0,

@@ -333,11 +333,15 @@ class RolloutWorker:
     def init_sync_group(self, host: str, port: int, rank: int, world: int,
                         backend: str = "nccl") -> None:
         """Join learner rank 0's broadcast group for "nccl" updates at `rank`
-        (an engine with several workers takes rank, rank+1, ...)."""
+        (an engine with several workers takes rank, rank+1, ...). Joining again
+        (the group is rebuilt after a member restarted) replaces the old group."""
         join = getattr(self.engine, "init_sync_group", None)
         if join is not None:
             join(host, port, rank, world, backend)
         else:
+            if self._group is not None:
+                self._group.close()
+                self._group = None
             self._group = GROUPS.get(backend)(host, port, rank, world)
 
     def sleep(self) -> None:

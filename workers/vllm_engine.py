@@ -115,6 +115,10 @@ class VLLMWorkerExtension:
         """Join learner rank 0's broadcast group as rank `rank_offset` + this
         worker's rank in its engine (tensor/pipeline parallel); returns it."""
         rank = rank_offset + self.rank
+        old = getattr(self, "_rlft_group", None)
+        if old is not None:  # rejoining a rebuilt group (a member restarted)
+            old.close()
+            self._rlft_group = None
         self._rlft_group = GROUPS.get(backend)(host, port, rank, world)
         return rank
 

@@ -265,11 +265,11 @@ class BroadcastSender:
        return the update, metadata only, for the rollout workers;
     2. `send()`, while every worker receives that update: broadcast them.
 
-    Learner wiring (rank 0 owns the sender; `named_weights` is collective, so
-    every rank calls `stage`'s gather): `init_sync_group` builds
-    `BroadcastSender(GROUPS.get(backend)(host, port, 0, world))`; a sync is
-    `update = stage(list(named_weights(cpu=False)), version)`, then the driver
-    runs `send()` and every worker's `load_weights(update)` concurrently.
+    Wiring (rollout.weight_transport=broadcast): `Learner.init_sync_group`
+    builds `BroadcastSender(GROUPS.get(backend)(host, port, 0, world))` on rank
+    0; `Learner.stage_weights` gathers on every rank (`named_weights` is
+    collective) and stages on rank 0; the driver (rlft/sync.py) then runs
+    `Learner.send_weights` and every worker's `load_weights(update)` together.
     """
 
     def __init__(self, group: SyncGroup) -> None:

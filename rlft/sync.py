@@ -1,0 +1,73 @@
+"""The driver's side of weight sync: learner ranks -> every rollout worker.
+
+Two transports (rollout.weight_transport, resolved by `rlft.build.weight_transport`):
+- ray: the learner `ray.put`s its weights in buckets and every worker reads
+  them from the object store (workers/weight_sync.py `publish`).
+- broadcast: learner rank 0 and every engine worker form one sync group at
+  start-up (`connect`); a sync stages the weights on rank 0, hands the workers
+  the metadata-only update and broadcasts the tensors while they receive.
+
+A rollout worker that Ray restarted has lost its place in the group, and the
+others would wait on it at the next broadcast until the group's timeout. The
+controller notices the restart (its rollouts carry version 0) and calls
+`push(version, rejoin=True)`: the whole group is built again on a fresh port
+(every member replaces its old group), so later syncs stay on the broadcast
+path, and the re-send itself goes over the new group.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+
+from rlft.workers.placement import rendezvous_address
+from rlft.workers.weight_sync import sync_ranks
+
+log = logging.getLogger("rlft")
+
+
+class WeightSync:
+    """`backend`: the sync group's ("gloo", "nccl"), or None for the ray
+    transport. `workers_per_engine`: engine workers (sync group ranks) per
+    rollout worker, its tensor-parallel size."""
+
+    def __init__(self, learners: Sequence[Any], rollout: Sequence[Any], backend: str | None,
+                 workers_per_engine: int = 1) -> None:
+        self.learners, self.rollout = list(learners), list(rollout)
+        self.backend, self.per_engine = backend, workers_per_engine
+
+    @property
+    def transport(self) -> str:
+        return "ray" if self.backend is None else "broadcast"
+
+    def connect(self) -> None:
+        """Build the sync group: learner rank 0 hosts the rendezvous on its node;
+        every member joins concurrently (each blocks until all have)."""
+        if self.backend is None:
+            return
+        host, port = rendezvous_address(self.learners[0])
+        world, firsts = sync_ranks([self.per_engine] * len(self.rollout))
+        log.info("weight sync: %s broadcast group of %d ranks at %s:%d", self.backend, world,
+                 host, port)
+        ray.get([self.learners[0].init_sync_group.remote(host, port, world, self.backend),
+                 *[w.init_sync_group.remote(host, port, rank, world, self.backend)
+                   for w, rank in zip(self.rollout, firsts)]])
+
+    def push(self, version: int, rejoin: bool = False) -> None:
+        """Load the learner's weights, as policy version `version`, into every
+        rollout worker. Gathering full weights is collective: every learner rank
+        takes part, rank 0's result is the update."""
+        if self.backend is None:
+            update = ray.get([lrn.weight_update.remote(version) for lrn in self.learners])[0]
+            ray.get([w.load_weights.remote(update) for w in self.rollout])
+            return
+        if rejoin:
+            self.connect()
+        update = ray.get([lrn.stage_weights.remote(version) for lrn in self.learners])[0]
+        # Sender and receivers run together: each receiver posts the broadcasts
+        # the metadata announces (and drains them if its load fails).
+        ray.get([self.learners[0].send_weights.remote(),
+                 *[w.load_weights.remote(update) for w in self.rollout]])

@@ -1,0 +1,108 @@
+"""The loop with rollout.weight_transport=broadcast on CPU: learner rank 0
+broadcasts each version over a gloo sync group (the code path NCCL takes on
+GPUs) to every engine worker. Two steps on the tiny model, then the engines'
+rollout log-probs of a fresh batch must be the learner's for the same tokens.
+HF engine: two rollout workers, one of them killed and restarted by Ray after
+the run, which rebuilds the group (a restarted worker lost its membership).
+vLLM engine (the vllm-cpu build): one worker, the group joined inside vLLM's
+own worker process; skipped where vLLM is not installed."""
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from transformers import AutoModelForCausalLM
+
+from rlft.batching import collate
+from rlft.config import load_config
+from rlft.controller import Trainer
+
+REWARD = str(Path(__file__).with_name("length_reward.py")) + ":distinct_chars"
+# fp32 engines vs the FSDP learner's fp32 forward (packed rows): kernels sum in
+# different orders (tests/integration/test_vllm_loop.py).
+ATOL = 2e-4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ray():
+    yield
+    ray.shutdown()
+
+
+def _cfg(tmp_path, model_path, engine, workers, extra=()):
+    return load_config(None, [
+        f"model.name={model_path}", f"rollout.engine={engine}",
+        "rollout.weight_transport=broadcast", f"rollout.num_workers={workers}",
+        "rollout.prompts_per_step=4", "rollout.n=2", "rollout.max_new_tokens=10",
+        f"reward.terms=[{{name: '{REWARD}'}}]", "reward.num_workers=0", "train.steps=2",
+        "train.lr=1.0e-3", f"logging.run_dir={tmp_path}", f"logging.run_name={engine}",
+        "logging.loggers=[jsonl]", "ray.num_cpus=2", *extra,
+    ])
+
+
+def _initial_logprobs(model_path: str, batch) -> torch.Tensor:
+    """[B, L] log-probs of each response token under the initial weights."""
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids,
+                       attention_mask=batch.attention_mask.long()).logits  # [B, L, V]
+    lp = logits[:, :-1].log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+    out = torch.zeros(batch.input_ids.shape)  # [B, L]
+    out[:, 1:] = lp  # token t is predicted at position t-1
+    return out * batch.response_mask
+
+
+def _train_and_check(trainer: Trainer, model_path: str, before_check=None) -> None:
+    history = trainer.train()
+    assert [m.policy_version for m in history] == [0, 1]  # rollouts of step k: weights k
+    assert trainer.weights.transport == "broadcast" and trainer.weights.backend == "gloo"
+    # Learner rank 0 holds the sender (a send without a staged update is refused).
+    with pytest.raises(ray.exceptions.RayTaskError, match=r"send\(\) before stage"):
+        ray.get(trainer.pools.learners[0].send_weights.remote())
+    if before_check is not None:
+        before_check(trainer)
+    prompts = trainer.algo.make_batch(trainer.sampler.next_batch(), trainer.step,
+                                      trainer.cfg.rollout.n)
+    rollouts = trainer.generate(prompts, trainer.step)  # split over every rollout worker
+    assert rollouts.policy_version == trainer.version == 2
+    batch, _ = collate(trainer.score(rollouts), trainer.pad_id)
+    learner_lp, _ = ray.get(trainer.pools.learners[0].compute_logprobs.remote(batch))
+    mask = batch.response_mask
+    err = (learner_lp - batch.rollout_logprobs)[mask].abs().max().item()
+    assert err < ATOL, f"the engines' rollout log-probs differ from the learner's by {err}"
+    # ... and the broadcast mattered: the initial weights score these tokens differently.
+    moved = (_initial_logprobs(model_path, batch) - learner_lp)[mask].abs().max().item()
+    print(f"max |engine - learner| log-prob {err:.2e}; moved since init {moved:.3f}")
+    assert moved > 20 * ATOL
+
+
+def test_hf_engines_receive_broadcasts_and_a_restarted_worker_rejoins(
+        tmp_path, tiny_model_path, caplog):
+    cfg = _cfg(tmp_path, tiny_model_path, "hf", 2,
+               ["ray.max_restarts=1", "ray.max_task_retries=1"])
+    trainer = Trainer(cfg)
+
+    def restart_worker_1(trainer: Trainer) -> None:
+        # Ray restarts it with its initial weights and without a sync group; the
+        # next generate sees version 0, rebuilds the group and broadcasts again.
+        ray.kill(trainer.pools.rollout[1], no_restart=False)
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="rlft"):
+            _train_and_check(trainer, tiny_model_path, restart_worker_1)
+        assert "re-sending the weights" in caplog.text
+    finally:
+        trainer.close()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed "
+                    "(CPU: bash launch/install_vllm_cpu.sh .venv/bin/python)")
+def test_vllm_engine_receives_broadcasts_in_its_worker_process(tmp_path, tiny_model_path):
+    trainer = Trainer(_cfg(tmp_path, tiny_model_path, "vllm", 1, ["rollout.kv_cache_gb=0.25"]))
+    try:
+        _train_and_check(trainer, tiny_model_path)
+    finally:
+        trainer.close()
