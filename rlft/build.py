@@ -68,9 +68,12 @@ def weight_transport(cfg: Config, gpus: float, vllm_installed: bool | None = Non
     if vllm_installed is None:
         vllm_installed = importlib.util.find_spec("vllm") is not None
     if r.weight_transport == "auto":
-        # Colocated GPU runs keep ray: NCCL cannot link two ranks on one GPU.
-        use = bool(gpus) and r.mode == "split" and vllm_installed
-        return "nccl" if use else None
+        # CPU: gloo (benchmarks/bench_transport.py: 1.0 s a SmolLM2 sync into vLLM,
+        # vs 5.0 s through the object store). Colocated GPU runs keep ray: NCCL
+        # cannot link two ranks on one GPU.
+        if not gpus:
+            return "gloo"
+        return "nccl" if r.mode == "split" and vllm_installed else None
     if r.weight_transport == "ray":
         return None
     if not gpus:

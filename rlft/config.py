@@ -109,8 +109,8 @@ class RolloutConfig:
     weight_transport: str = doc("auto", "How new weights reach the rollout engines. ray: "
                                 "through the Ray object store; broadcast: learner rank 0 "
                                 "broadcasts them to every engine worker over a sync group (NCCL "
-                                "on GPUs, gloo on CPU); auto: broadcast on GPUs in split mode, "
-                                "ray otherwise.", choices=("auto", "ray", "broadcast"))
+                                "on GPUs, gloo on CPU); auto: broadcast on CPU and on GPUs in "
+                                "split mode, ray for colocated GPU runs.", choices=("auto", "ray", "broadcast"))
 
 
 @dataclass

@@ -6,10 +6,16 @@ takes seconds. Tests never rely on an earlier run: `resolve_model` builds the
 folder when it is missing or was written by an older builder version.
 """
 
-import pytest
-import torch
+import os
 
-from rlft.models import resolve_model
+# Before torch loads MKL: the reproducible mode Ray actors get (workers/placement.py),
+# for the learners that tests run in-process.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from rlft.models import resolve_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,12 @@ from typing import Any
 
 import ray
 
+# MKL's Conditional Numerical Reproducibility: otherwise MKL may choose code
+# paths by data alignment and schedule work dynamically, so two runs of the same
+# CPU matmul can differ in the last bits (bit-identical resume is promised on
+# CPU). A SmolLM2 learner update took the same time with it (14.6-15.4 s).
+MKL_REPRODUCIBLE = {} if "MKL_CBWR" in os.environ else {"MKL_CBWR": "AUTO,STRICT"}
+
 
 def init_ray(address: str | None, num_cpus: int | None) -> None:
     """Join `address` (or RAY_ADDRESS); otherwise start a local cluster whose
@@ -25,7 +31,7 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
     # Ray sets OMP_NUM_THREADS=1 in zero-CPU actors; our actors take turns, so
     # each may use every core while it runs.
     threads = str(num_cpus or os.cpu_count() or 1)
-    wanted = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": threads}
+    wanted = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": threads, **MKL_REPRODUCIBLE}
     # A `ray job submit` runtime env already in force wins: Ray rejects a driver
     # whose runtime env sets the same variable differently.
     if address:

@@ -50,8 +50,10 @@ def test_loop_trains_checkpoints_and_resumes_bit_identically(tmp_path, tiny_mode
     lines = (tmp_path / "loop" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4
 
-    # Interrupted run: stop after step 2 (its checkpoint), then --resume auto.
-    cfg2 = _cfg(tmp_path / "b", tiny_model_path)
+    # Interrupted run: stop after step 2 (its checkpoint), then --resume auto. It syncs
+    # through the Ray object store, the run above by gloo broadcast (auto on CPU): the
+    # two transports must deliver the same weights, bit for bit.
+    cfg2 = _cfg(tmp_path / "b", tiny_model_path, extra=("rollout.weight_transport=ray",))
     first = Trainer(cfg2)
     for _ in range(2):
         first.train_step()

@@ -12,9 +12,9 @@ def _cfg(transport: str, mode: str = "split"):
 
 
 @pytest.mark.parametrize("transport, mode, gpus, vllm, backend", [
-    # auto: broadcast only where it pays and works (GPUs, split, vLLM's PyNccl)
-    ("auto", "split", 0, True, None),
-    ("auto", "colocated", 0, True, None),
+    # auto: broadcast wherever it works (CPU: gloo; GPUs: split, vLLM's PyNccl)
+    ("auto", "split", 0, True, "gloo"),
+    ("auto", "colocated", 0, False, "gloo"),
     ("auto", "split", 1, True, "nccl"),
     ("auto", "colocated", 1, True, None),  # one GPU per learner/rollout pair: no NCCL link
     ("auto", "split", 1, False, None),
@@ -28,10 +28,10 @@ def test_backend_resolution(transport, mode, gpus, vllm, backend):
     assert weight_transport(_cfg(transport, mode), gpus, vllm_installed=vllm) == backend
 
 
-def test_default_is_auto_and_cpu_keeps_the_object_store():
+def test_default_is_auto_and_cpu_broadcasts_over_gloo():
     cfg = load_config(None, [])
     assert cfg.rollout.weight_transport == "auto"
-    assert weight_transport(cfg, 0.0) is None
+    assert weight_transport(cfg, 0.0) == "gloo"
 
 
 @pytest.mark.parametrize("mode, vllm, fix", [
