@@ -35,19 +35,18 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from rlft.types import TrainBatch
-from rlft.workers.learner import Learner, LearnerParams, LossTermSpec
+# The GPU benchmarks measure one model shape, defined once (bench_weight_sync.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_weight_sync import QWEN2_05B, SMALL  # noqa: E402
 
-QWEN2_05B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864,
-                 num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                 tie_word_embeddings=True, max_position_embeddings=32768, rope_theta=1e6)
-SMALL = dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-             max_position_embeddings=4096)
+from rlft.types import TrainBatch  # noqa: E402
+from rlft.workers.learner import Learner, LearnerParams, LossTermSpec  # noqa: E402
+
 PEAK_TFLOPS = 989.0  # H100 SXM, dense bf16
 TERM = LossTermSpec("ppo_clip", 1.0, "policy", "token_mean")
 GIB = 1 << 30
