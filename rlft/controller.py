@@ -202,7 +202,10 @@ class Trainer:
     def update(self, batch: TrainBatch, terms: tuple[LossTermSpec, ...]):
         """train.epochs x train.minibatches optimizer steps (rlft/updates.py), their
         figures averaged."""
-        return mean_stats([self._update_once(self.pools.learners, mb, terms)
+        return self._updates(self.pools.learners, batch, terms)
+
+    def _updates(self, ranks: list, batch: TrainBatch, terms: tuple[LossTermSpec, ...]):
+        return mean_stats([self._update_once(ranks, mb, terms)
                            for mb in minibatches(batch, self.plan, self.step)])
 
     def _update_once(self, ranks: list, batch: TrainBatch, terms: tuple[LossTermSpec, ...]):
@@ -226,8 +229,7 @@ class Trainer:
         """The critic fits the batch's `returns` (after the policy update) over the same
         epochs x minibatches as the policy, as PPO does: its clipped value loss keeps
         each value near the rollout-time one however many passes it takes."""
-        return mean_stats([self._update_once(self.pools.critics, mb, self.algo.critic_terms)
-                           for mb in minibatches(batch, self.plan, self.step)])
+        return self._updates(self.pools.critics, batch, self.algo.critic_terms)
 
     def sync_weights(self, rejoin: bool = False) -> None:
         """The learner's weights, as version self.version, into every rollout worker
