@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 
+from rlft.commands.export import ExportError
 from rlft.config import Config, ConfigError, describe, load_config, to_yaml
-from rlft.export import ExportError
 
 USAGE = """rlft COMMAND ...
 
@@ -33,17 +33,17 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "train":
             return _train(rest)
         if cmd == "reward" and rest[:1] == ["check"]:
-            from rlft.reward_check import main as reward_check
+            from rlft.commands.reward_check import main as reward_check
 
             return reward_check(rest[1:])
         if cmd == "export":
             return _export(rest)
         if cmd == "sft":
-            from rlft.sft import main as sft
+            from rlft.commands.sft import main as sft
 
             return sft(rest)
         if cmd == "eval":
-            from rlft.evaluate import main as evaluate
+            from rlft.commands.evaluate import main as evaluate
 
             return evaluate(rest)
         if cmd == "config":
@@ -74,9 +74,9 @@ def _train(args: list[str]) -> int:
         return 0
     import ray.exceptions
 
-    from rlft.controller import Trainer
+    from rlft.loop import TrainingLoop
 
-    trainer = Trainer(cfg, resume=ns.resume)
+    trainer = TrainingLoop(cfg, resume=ns.resume)
     try:
         history = trainer.train()
     except ray.exceptions.RayActorError as exc:
@@ -99,7 +99,7 @@ def _export(args: list[str]) -> int:
     p.add_argument("run_dir")
     p.add_argument("out_dir")
     ns = p.parse_args(args)
-    from rlft.export import export_run
+    from rlft.commands.export import export_run
 
     out = export_run(ns.run_dir, ns.out_dir)
     print(f"exported {out}")

@@ -1,4 +1,4 @@
-"""Typed records that cross every stage boundary (see DESIGN.md, "The loop").
+"""Typed records that cross every stage boundary (docs/architecture.md, "The loop").
 
 Shape letters: B sequences, G samples per prompt, L full sequence length
 (prompt + response, right-padded), V vocabulary. Per-token tensors in a

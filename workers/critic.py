@@ -6,45 +6,34 @@ like every per-token tensor: `values[:, t]` is V of the state the policy was
 in when it produced token t (tokens < t), read from hidden state t - 1, so GAE
 pairs each response token's reward with the value before it.
 
-Like the policy `Learner` it is algorithm-blind (it sums the `LossTermSpec`s
-it is handed, e.g. `value_clip`), normalises by step-wide token counts and
-SUMs gradients over ranks, so an update does not depend on the micro-batch or
-data-parallel split. Every method that touches weights is collective.
+Its update is the policy `Learner`'s: the same `LossDriver`
+(rlft/learner/driver.py) sums the `LossTermSpec`s it is handed (e.g.
+`value_clip`), normalises by step-wide token counts, SUMs gradients over ranks
+and aborts after `max_nonfinite_steps` non-finite updates in a row. Every
+method that touches weights is collective.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from rlft import learn_ckpt
-from rlft.algos import losses  # noqa: F401  (registers the loss terms)
-from rlft.algos.aggregation import aggregate
-from rlft.algos.base import LOSSES, GlobalCounts, LossInputs
-from rlft.algos.spec import LossTermSpec, token_mask
-from rlft.learn_utils import (
-    LR_SCHEDULES,
-    MicroBatch,
-    add_to,
-    check_batch,
-    global_counts,
+from rlft.algos.base import GlobalCounts
+from rlft.algos.contract import LossTermSpec
+from rlft.learner import checkpoint as learner_ckpt
+from rlft.learner.distributed import (
     init_process_group,
-    lr_lambda,
     pick_device,
-    reduce_sums,
-    rows_mask,
     shard_with_sum_reduction,
-    stand_in_inputs,
-    term_names,
     world_plan,
 )
+from rlft.learner.driver import LR_SCHEDULES, LossDriver, Outputs, UpdateStats, lr_lambda
+from rlft.learner.microbatch import MicroBatch, check_batch, stand_in_inputs
 from rlft.types import TrainBatch
 
 log = logging.getLogger("rlft.critic")
@@ -64,35 +53,15 @@ class CriticParams:
     param_dtype: str = "float32"  # compute dtype; master weights stay fp32
     seed: int = 0
     grad_checkpointing: bool = False
+    max_nonfinite_steps: int = 3  # raise after this many skipped updates in a row
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES or self.lr < 0 or self.total_steps < 1 \
-                or self.micro_batch_tokens < 1 or self.param_dtype not in ("float32", "bfloat16"):
+                or self.micro_batch_tokens < 1 or self.param_dtype not in ("float32", "bfloat16") \
+                or self.max_nonfinite_steps < 1:
             raise ValueError(f"CriticParams: need lr >= 0, total_steps >= 1, micro_batch_tokens "
-                             f">= 1, lr_schedule in {LR_SCHEDULES}, param_dtype float32|bfloat16; "
+                             f">= 1, max_nonfinite_steps >= 1, lr_schedule in {LR_SCHEDULES}, param_dtype float32|bfloat16; "
                              f"got {self}")
-
-
-@dataclass(frozen=True)
-class CriticStats:
-    """One critic update's figures, identical on every rank."""
-
-    loss: float  # sum of weighted, aggregated terms
-    grad_norm: float  # before clipping
-    lr: float
-    values_mean: float  # rollout-time values over the terms' tokens
-    returns_mean: float
-    seconds: float
-    skipped: bool = False  # non-finite loss or gradient: no optimizer step
-    metrics: dict[str, float] = field(default_factory=dict)  # "<term>/<metric>"
-
-    def flat(self) -> dict[str, float]:
-        """`critic/...` keys for StepMetrics.extra."""
-        out = {"critic/loss": self.loss, "critic/grad_norm": self.grad_norm, "critic/lr": self.lr,
-               "critic/values_mean": self.values_mean, "critic/returns_mean": self.returns_mean,
-               "critic/skipped": float(self.skipped)}
-        out.update({f"critic/{k}": v for k, v in self.metrics.items()})
-        return out
 
 
 class ValueModel(nn.Module):
@@ -145,10 +114,13 @@ class Critic:
                                          betas=params.betas, weight_decay=params.weight_decay)
             self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(
                 params.warmup_steps, params.total_steps, params.lr_schedule, 0.0))
+            self.driver = LossDriver(
+                "critic", self.model, self._forward, self.opt, self.sched, self._plan,
+                self.device, world_size, params.max_grad_norm, params.max_nonfinite_steps,
+                "check the returns for NaN or lower algo.ppo.critic_lr", _value_diagnostics)
         except BaseException:
             self.shutdown()
             raise
-        self.steps = 0
 
     def _shard(self, module: ValueModel) -> ValueModel:
         """fully_shard each decoder layer, then the root (embeddings, norm, head); gradients
@@ -162,6 +134,16 @@ class Critic:
 
     def _cols(self, t: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
         return t[mb.rows, :mb.cols].to(self.device)  # [b, cols]
+
+    def _forward(self, ids: torch.Tensor, am: torch.Tensor, select: torch.Tensor) -> Outputs:
+        v = self.model(ids, am)  # [b, cols]
+        zeros = torch.zeros_like(v)  # the value loss reads no log-probs or advantages
+        return Outputs(logprobs=zeros, entropy=zeros, values=v)
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps taken."""
+        return self.driver.steps
 
     @torch.no_grad()
     def values(self, batch: TrainBatch) -> torch.Tensor:
@@ -177,89 +159,34 @@ class Critic:
             out[mb.rows, :mb.cols] = v.float().cpu()
         return torch.where(batch.response_mask.bool(), out, 0.0)
 
-    def update(self, batch: TrainBatch, terms: Sequence[LossTermSpec]) -> CriticStats:
-        """One optimizer step fitting `batch.returns`; `batch.values` (rollout time) are
-        the old values of a clipped value loss. Collective."""
-        start = time.perf_counter()
-        check_batch(batch)
+    def update(self, batch: TrainBatch, terms: Sequence[LossTermSpec]) -> UpdateStats:
+        """One optimizer step fitting `batch.returns` (the shared `LossDriver`);
+        `batch.values` (rollout time) are the old values of a clipped value loss.
+        Collective."""
         if batch.returns is None:
             raise ValueError("Critic.update needs batch.returns (value targets): run an "
                              "estimator that produces them (gae) first")
-        if not terms:
-            raise ValueError("Critic.update needs at least one LossTermSpec (e.g. value_clip)")
-        self.model.train()
-        masks = [rows_mask(batch, t.rows) & token_mask(batch, t.tokens) for t in terms]  # [B, L]
-        counts, _ = global_counts(masks, [], self.device)
-        names = term_names([t.loss for t in terms])
-        sums: dict[str, torch.Tensor] = {}
-        for mb in self._plan(batch):
-            if not mb.real:  # joins the collectives, adds nothing
-                (self.model(*stand_in_inputs(self.device)[:2]).sum() * 0.0).backward()
-                continue
-            v = self.model(self._cols(batch.input_ids, mb), self._cols(batch.attention_mask, mb))
-            total = torch.zeros((), device=self.device)
-            for term, name, mask, cnt in zip(terms, names, masks, counts):
-                total = total + term.weight * self._term(batch, mb, term, name,
-                                                         self._cols(mask, mb), cnt, v, sums)
-            total.backward()
-            add_to(sums, "loss", total.detach())
-            first = self._cols(masks[0], mb)  # diagnostics over the first term's tokens
-            for key, t in (("values_mean", batch.values), ("returns_mean", batch.returns)):
-                if t is not None:
-                    add_to(sums, key, torch.where(first, self._cols(t, mb).float(), 0.0).sum()
-                           / max(counts[0].tokens, 1))
-        return self._step(sums, start)
-
-    def _term(self, batch: TrainBatch, mb: MicroBatch, term: LossTermSpec, name: str,
-              mask: torch.Tensor, cnt: GlobalCounts, v: torch.Tensor,
-              sums: dict[str, torch.Tensor]) -> torch.Tensor:
-        def col(t: torch.Tensor | None) -> torch.Tensor | None:
-            # Zeroed outside the term's tokens: NaN * 0 would still reach the gradient.
-            return None if t is None else torch.where(mask, self._cols(t, mb).float(), 0.0)
-
-        zeros = torch.zeros_like(v)  # the value loss reads no log-probs or advantages
-        inputs = LossInputs(logprobs=zeros, response_mask=mask, advantages=zeros,
-                            values=torch.where(mask, v, 0.0), old_values=col(batch.values),
-                            returns=col(batch.returns))
-        out = LOSSES.get(term.loss)(inputs, **term.params)
-        value = aggregate(torch.where(mask, out.loss, 0.0), mask, term.agg, cnt, term.norm_const)
-        add_to(sums, f"{name}/loss", value.detach())
-        for metric, per_token in out.metrics.items():
-            token_sum = torch.where(mask, per_token.detach().float(), 0.0).sum()
-            add_to(sums, f"{name}/{metric}", token_sum / max(cnt.tokens, 1))
-        return value
-
-    def _step(self, sums: dict[str, torch.Tensor], start: float) -> CriticStats:
-        values = reduce_sums(sums, ("loss",), self.world, self.device)
-        loss = values.pop("loss")
-        v_mean, r_mean = values.pop("values_mean", 0.0), values.pop("returns_mean", 0.0)
-        max_norm = self.p.max_grad_norm if self.p.max_grad_norm > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-        lr = self.sched.get_last_lr()[0]
-        skipped = not (math.isfinite(norm) and math.isfinite(loss))
-        if skipped:
-            log.warning("critic: non-finite loss %.4g or grad norm %.4g; update skipped (check "
-                        "the returns for NaN or lower algo.ppo.critic_lr)", loss, norm)
-        else:
-            self.opt.step()
-            self.sched.step()
-            self.steps += 1
-        self.opt.zero_grad(set_to_none=True)
-        return CriticStats(loss=loss, grad_norm=norm, lr=lr, values_mean=v_mean,
-                           returns_mean=r_mean, seconds=time.perf_counter() - start,
-                           skipped=skipped, metrics=values)
+        return self.driver.update(batch, terms)
 
     def save(self, path: str) -> None:
         """Weights, optimizer and schedule into the folder `path` (DCP). Collective."""
-        learn_ckpt.save(path, self.model, self.opt, self.sched, {"steps": self.steps}, self.rank,
-                        CKPT_TAG)
+        learner_ckpt.save(path, self.model, self.opt, self.sched, self.driver.counters(),
+                          self.rank, CKPT_TAG)
 
     def load(self, path: str) -> None:
-        counters = learn_ckpt.load(path, self.model, self.opt, self.sched, self.rank, CKPT_TAG)
-        self.steps = counters.get("steps", 0)
+        self.driver.restore(learner_ckpt.load(path, self.model, self.opt, self.sched,
+                                              self.rank, CKPT_TAG))
 
     def shutdown(self) -> None:
         if self._own_pg and dist.is_initialized():
             dist.destroy_process_group()
             self._own_pg = False
+
+
+def _value_diagnostics(batch: TrainBatch, mb: MicroBatch, out: Outputs, first: torch.Tensor,
+                       cnt: GlobalCounts) -> dict[str, torch.Tensor]:
+    """Mean rollout-time values and returns over the first term's tokens."""
+    return {key: torch.where(first, t[mb.rows, :mb.cols].to(first.device).float(), 0.0).sum()
+            / max(cnt.tokens, 1)
+            for key, t in (("values_mean", batch.values), ("returns_mean", batch.returns))
+            if t is not None}

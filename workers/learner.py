@@ -1,11 +1,13 @@
 """The learner: one per rank, FSDP2-sharded, algorithm-blind.
 
-It sums the loss terms it is handed (`LossTermSpec`s from the algorithm spec)
-and never branches on an algorithm's name. Each term is normalised by counts
-over the whole step (all micro-batches, all ranks), and FSDP2 is told to SUM
-gradients across ranks rather than average them, so an update does not depend
-on how the batch was split into micro-batches or ranks. On CPU the process
-group is gloo (a world of one by default); on GPUs, NCCL.
+Its update is the shared `LossDriver` (rlft/learner/driver.py, the critic's
+too): it sums the loss terms it is handed (`LossTermSpec`s from the algorithm
+spec) and never branches on an algorithm's name. Each term is normalised by
+counts over the whole step (all micro-batches, all ranks), and FSDP2 is told
+to SUM gradients across ranks rather than average them, so an update does not
+depend on how the batch was split into micro-batches or ranks. On CPU the
+process group is gloo (a world of one by default); on GPUs, NCCL. This module
+adds the reference model, LoRA, weight publishing and checkpoints.
 
 Every method that touches model weights is collective: with a world of N, all
 N ranks call it, in the same order (the lead's Ray actors do).
@@ -15,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -24,32 +24,26 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from rlft import learn_ckpt, lora
-from rlft.algos import losses  # noqa: F401  (registers the loss terms)
-from rlft.algos.aggregation import aggregate
-from rlft.algos.base import LOSSES, GlobalCounts, LossInputs
-from rlft.algos.spec import LossTermSpec, token_mask
-from rlft.learn_utils import (
-    LR_SCHEDULES,
-    MicroBatch,
-    ModelSource,
-    PolicyLogprobs,
-    add_to,
-    build_model,
-    check_batch,
-    compile_layers,
-    global_counts,
+from rlft.algos.contract import LossTermSpec
+from rlft.learner import checkpoint as learner_ckpt
+from rlft.learner import lora
+from rlft.learner.distributed import (
     init_process_group,
-    lr_lambda,
     pick_device,
-    reduce_sums,
-    rows_mask,
     shard_with_sum_reduction,
-    stand_in_inputs,
-    term_names,
     world_plan,
 )
-from rlft.lora import LoraParams
+from rlft.learner.driver import (
+    LR_SCHEDULES,
+    LossDriver,
+    NonFiniteError,
+    Outputs,
+    UpdateStats,
+    lr_lambda,
+)
+from rlft.learner.lora import LoraParams
+from rlft.learner.microbatch import MicroBatch, check_batch, stand_in_inputs
+from rlft.learner.model import ModelSource, PolicyLogprobs, build_model, compile_layers
 from rlft.types import TrainBatch
 from rlft.workers.weight_sync import GROUPS, BroadcastSender, WeightUpdate, publish
 
@@ -99,27 +93,6 @@ class LearnerParams:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"LearnerParams: {message}; got {self}")
-
-
-@dataclass(frozen=True)
-class UpdateStats:
-    """One update's figures, identical on every rank (reduced over the world)."""
-
-    loss: float  # sum of weighted, aggregated terms
-    grad_norm: float  # before clipping
-    lr: float  # the learning rate this step used
-    entropy: float  # mean over response tokens
-    tokens: int  # response tokens over all ranks
-    seconds: float
-    skipped: bool = False  # non-finite loss or gradient: no optimizer step
-    # "<term>/loss" (unweighted aggregate) and "<term>/<metric>" (token means over
-    # the term's tokens), plus the short "clip_frac" and "kl" of the first term
-    # that reports them. <term> is the loss name, "#i" appended if repeated.
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-class NonFiniteError(RuntimeError):
-    """Too many consecutive updates with a NaN/inf loss or gradient norm."""
 
 
 class Learner:
@@ -179,8 +152,10 @@ class Learner:
                                      fused=self.device.type == "cuda")
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(
             params.warmup_steps, params.total_steps, params.lr_schedule, params.min_lr_ratio))
-        self.steps = 0  # optimizer steps taken
-        self.nonfinite_in_a_row = 0
+        self.driver = LossDriver(
+            "policy", self.policy, self._forward, self.opt, self.sched, self._plan, self.device,
+            self.world, params.max_grad_norm, params.max_nonfinite_steps,
+            "lower the learning rate, check the rewards/advantages for NaN")
 
     def _shard(self, module: PolicyLogprobs) -> PolicyLogprobs:
         """fully_shard each decoder layer, then the root (embeddings, norm, lm_head)."""
@@ -230,7 +205,7 @@ class Learner:
         return lp_out, ent_out
 
     def _cols(self, t: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
-        return t[mb.rows, :mb.cols].to(self.device)  # [b, cols]
+        return self.driver.cols(t, mb)
 
     def _plan(self, batch: TrainBatch) -> list[MicroBatch]:
         return world_plan(batch.attention_mask, self.p.micro_batch_tokens, self.p.packing,
@@ -238,110 +213,21 @@ class Learner:
 
     # -- the update ---------------------------------------------------------
     def update(self, batch: TrainBatch, terms: Sequence[LossTermSpec]) -> UpdateStats:
-        """One optimizer step over this rank's rows of the batch. Collective.
+        """One optimizer step over this rank's rows of the batch (the shared
+        `LossDriver`). Collective."""
+        return self.driver.update(batch, terms)
 
-        Gradients are reduce-scattered after every micro-batch (the default),
-        which keeps them sharded: memory over speed.
-        """
-        start = time.perf_counter()
-        check_batch(batch)
-        if not terms:
-            raise ValueError("Learner.update needs at least one LossTermSpec")
-        self.policy.train()
-        masks = [rows_mask(batch, t.rows) & token_mask(batch, t.tokens) for t in terms]  # [B, L]
-        norm_masks = [m if t.norm_tokens is None else
-                      rows_mask(batch, t.rows) & token_mask(batch, t.norm_tokens)
-                      for t, m in zip(terms, masks)]  # whose counts normalise each term
-        counts, resp_tokens = self._global_counts(batch, norm_masks)
-        names = term_names([t.loss for t in terms])
-        sums: dict[str, torch.Tensor] = {}
-        for mb in self._plan(batch):
-            if not mb.real:  # joins the collectives, adds nothing
-                lp, ent = self.policy(*stand_in_inputs(self.device))
-                ((lp.sum() + ent.sum()) * 0.0).backward()
-                continue
-            resp = self._cols(batch.response_mask.bool(), mb)
-            lp, ent = self.policy(self._cols(batch.input_ids, mb),
-                                  self._cols(batch.attention_mask, mb), resp)  # [b, cols]
-            total = torch.zeros((), device=self.device)
-            for term, name, mask, cnt in zip(terms, names, masks, counts):
-                value = self._term(batch, mb, term, name, self._cols(mask, mb), cnt, lp, ent,
-                                   sums)
-                total = total + term.weight * value
-            total.backward()
-            add_to(sums, "loss", total.detach())
-            add_to(sums, "entropy", (ent.detach() * resp).sum())
-        return self._step(sums, resp_tokens, start)
+    def _forward(self, ids: torch.Tensor, am: torch.Tensor, select: torch.Tensor) -> Outputs:
+        return Outputs(*self.policy(ids, am, select))
 
-    def _term(self, batch: TrainBatch, mb: MicroBatch, term: LossTermSpec, name: str,
-              mask: torch.Tensor, cnt: GlobalCounts, lp: torch.Tensor, ent: torch.Tensor,
-              sums: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One term on one micro-batch: its share of the globally normalised value.
+    @property
+    def steps(self) -> int:
+        """Optimizer steps taken."""
+        return self.driver.steps
 
-        Float inputs are zeroed outside the term's tokens: a NaN in a padding
-        column or in another term's rows would otherwise reach the gradient
-        (NaN * 0 is NaN, in the forward and in the backward alike).
-        """
-        def col(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else torch.where(mask, self._cols(t, mb), 0.0)
-
-        inputs = LossInputs(
-            logprobs=lp, response_mask=mask, advantages=col(batch.advantages), entropy=ent,
-            old_logprobs=col(batch.old_logprobs), ref_logprobs=col(batch.ref_logprobs),
-            rollout_logprobs=col(batch.rollout_logprobs), returns=col(batch.returns),
-            old_values=col(batch.values),
-            prefix_mask=None if batch.prefix_mask is None else self._cols(batch.prefix_mask, mb))
-        out = LOSSES.get(term.loss)(inputs, **term.params)
-        value = aggregate(torch.where(mask, out.loss, 0.0), mask, term.agg, cnt, term.norm_const)
-        add_to(sums, f"{name}/loss", value.detach())
-        for metric, per_token in out.metrics.items():
-            token_sum = torch.where(mask, per_token.detach().float(), 0.0).sum()
-            add_to(sums, f"{name}/{metric}", token_sum / max(cnt.tokens, 1))
-        return value
-
-    def _global_counts(self, batch: TrainBatch, masks: list[torch.Tensor]
-                       ) -> tuple[list[GlobalCounts], int]:
-        """Per-term token and sequence counts, and response tokens, over all ranks."""
-        counts, (resp_tokens,) = global_counts(
-            masks, [int(batch.response_mask.bool().sum())], self.device)
-        return counts, resp_tokens
-
-    def _step(self, sums: dict[str, torch.Tensor], resp_tokens: int, start: float
-              ) -> UpdateStats:
-        values = reduce_sums(sums, ("loss", "entropy"), self.world, self.device)
-        loss = values.pop("loss", 0.0)
-        entropy = values.pop("entropy", 0.0) / max(resp_tokens, 1)
-        max_norm = self.p.max_grad_norm if self.p.max_grad_norm > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
-        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-        lr = self.sched.get_last_lr()[0]
-        skipped = not (math.isfinite(norm) and math.isfinite(loss))
-        if skipped:
-            self._skip(loss, norm)
-        else:
-            self.nonfinite_in_a_row = 0
-            self.opt.step()
-            self.sched.step()
-            self.steps += 1
-        self.opt.zero_grad(set_to_none=True)
-        for short in ("clip_frac", "kl"):
-            found = [v for k, v in values.items() if k.endswith("/" + short)]
-            if found:
-                values[short] = found[0]
-        return UpdateStats(loss=loss, grad_norm=norm, lr=lr, entropy=entropy, tokens=resp_tokens,
-                           seconds=time.perf_counter() - start, skipped=skipped, metrics=values)
-
-    def _skip(self, loss: float, norm: float) -> None:
-        """Drop this step's gradients; optimizer state and schedule stay as they were."""
-        self.nonfinite_in_a_row += 1
-        log.warning("non-finite loss %.4g or grad norm %.4g: update skipped (%d in a row, "
-                    "limit %d)", loss, norm, self.nonfinite_in_a_row, self.p.max_nonfinite_steps)
-        if self.nonfinite_in_a_row >= self.p.max_nonfinite_steps:
-            self.opt.zero_grad(set_to_none=True)
-            raise NonFiniteError(
-                f"{self.nonfinite_in_a_row} non-finite updates in a row (loss={loss}, "
-                f"grad_norm={norm}): lower the learning rate, check the rewards/advantages for "
-                f"NaN, or raise max_nonfinite_steps (train.max_nonfinite_steps)")
+    @property
+    def nonfinite_in_a_row(self) -> int:
+        return self.driver.nonfinite_in_a_row
 
     # -- weights and checkpoints --------------------------------------------
     def named_weights(self, cpu: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
@@ -412,20 +298,15 @@ class Learner:
 
     def save(self, path: str) -> None:
         """Model, optimizer, scheduler, counters and RNG into the folder `path`
-        (see `rlft.learn_ckpt`). Collective; every rank writes its shards."""
-        learn_ckpt.save(path, self.policy, self.opt, self.sched, self._counters(), self.rank,
+        (see `rlft.learner.checkpoint`). Collective; every rank writes its shards."""
+        learner_ckpt.save(path, self.policy, self.opt, self.sched, self.driver.counters(), self.rank,
                         self.p.lora.tag())
 
     def load(self, path: str) -> None:
         """Restore a `save` folder (any world size). Collective. A continued run
         is bit-identical to an uninterrupted one on CPU."""
-        counters = learn_ckpt.load(path, self.policy, self.opt, self.sched, self.rank,
-                                   self.p.lora.tag())
-        self.steps = counters.get("steps", 0)
-        self.nonfinite_in_a_row = counters.get("nonfinite_in_a_row", 0)
-
-    def _counters(self) -> dict[str, int]:
-        return {"steps": self.steps, "nonfinite_in_a_row": self.nonfinite_in_a_row}
+        self.driver.restore(learner_ckpt.load(path, self.policy, self.opt, self.sched,
+                                              self.rank, self.p.lora.tag()))
 
     def export_hf(self, path: str, merged: bool = True) -> None:
         """A `save_pretrained` folder written by rank 0: the model (weights, adapters

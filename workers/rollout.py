@@ -294,7 +294,7 @@ def _engine_class(name: str) -> Any:
 
 
 class RolloutWorker:
-    """Thin worker: an engine plus the verbs the controller calls.
+    """Thin worker: an engine plus the verbs the training loop calls.
 
     `sleep()` / `wake()` (colocated runs: the engine frees its accelerator
     memory for the learner phase) reach engines that have them and are no-ops

@@ -2,7 +2,7 @@
 
 It holds both models frozen (plain modules, no FSDP: they only run forward)
 and stands in for the `RewardService` behind the same verb, `score(Rollouts)
--> ScoredRollouts`, so the controller's reward stage does not change. The
+-> ScoredRollouts`, so the training loop's reward stage does not change. The
 math (sum over response tokens, normalisation) is
 `rlft.algos.self_rewarding.sequence_rewards`.
 """
@@ -13,15 +13,16 @@ import time
 
 import torch
 
-from rlft.algos.self_rewarding import NORMS, sequence_rewards
-from rlft.batching import collate
-from rlft.learn_utils import PolicyLogprobs, plan_micro_batches, seq_lengths
+from rlft.algos.self_rewarding import SELF_REWARD_NORMS, sequence_rewards
+from rlft.batch.collate import collate
+from rlft.learner.microbatch import plan_micro_batches, seq_lengths
+from rlft.learner.model import PolicyLogprobs
 from rlft.types import Rollouts, ScoredRollouts, TrainBatch
 
 
 class SelfRewardScorer:
     """`sft_model` / `base_model`: names for `rlft.models.load_causal_lm` (folder,
-    alias or hub id). `norm`: one of rlft.algos.self_rewarding.NORMS."""
+    alias or hub id). `norm`: a name in rlft.algos.self_rewarding.SELF_REWARD_NORMS."""
 
     def __init__(self, sft_model: str, base_model: str, norm: str = "none", eps: float = 1e-6,
                  micro_batch_tokens: int = 4096, logprob_chunk: int = 1024,
@@ -29,8 +30,9 @@ class SelfRewardScorer:
         if not sft_model:
             raise ValueError("SelfRewardScorer needs sft_model (algo.self_reward.sft_model, or "
                              "leave it unset so the run trains one first)")
-        if norm not in NORMS:
-            raise ValueError(f"algo.self_reward.norm={norm!r}; choices: {', '.join(NORMS)}")
+        if norm not in SELF_REWARD_NORMS:
+            raise ValueError(f"algo.self_reward.norm={norm!r}; choices: "
+                             f"{', '.join(SELF_REWARD_NORMS.names())}")
         self.norm, self.eps, self.budget = norm, eps, micro_batch_tokens
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.sft = self._load(sft_model, logprob_chunk, getattr(torch, dtype))

@@ -1,5 +1,6 @@
 """Pure algorithm library; importing it registers every estimator, loss term,
-aggregation mode and schedule kind."""
+aggregation mode and schedule kind. The algorithms themselves are named in
+`rlft.algos.catalogue` (import it for `build_algorithm`)."""
 
 from rlft.algos import (  # noqa: F401  (registration)
     advantages,
@@ -7,5 +8,4 @@ from rlft.algos import (  # noqa: F401  (registration)
     logprobs,
     losses,
     schedules,
-    self_reward,
 )

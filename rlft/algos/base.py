@@ -2,7 +2,7 @@
 
 An advantage estimator maps `AdvantageInputs` + `AdvantageParams` to
 `AdvantageOutput`; a loss term maps `LossInputs` + keyword params to a
-per-token `LossOutput`. Callers never special-case a name (DESIGN.md rule 2).
+per-token `LossOutput`. Callers never special-case a name (docs/architecture.md, "Rules").
 Per-token tensors are [B, L], aligned with the batch's `input_ids`.
 """
 

@@ -18,11 +18,14 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
+import torch
+
+from rlft.algos.contract import Algorithm, LossTermSpec
 from rlft.algos.grpo import common, norm_const, policy_terms
 from rlft.algos.schedules import chord_mu
-from rlft.algos.spec import ALGORITHMS, Algorithm, Demonstrations, LossTermSpec
-from rlft.batching import demonstration_rollouts
-from rlft.types import PromptBatch, Rollouts
+from rlft.batch.collate import add_expert_rows, demonstration_rollouts
+from rlft.data.demonstrations import Demonstrations
+from rlft.types import PromptBatch, Rollouts, ScoredRollouts
 
 
 def expert_count(policy_rows: int, ratio: float) -> int:
@@ -44,7 +47,29 @@ def expert_rows(batch: PromptBatch, step: int, demos: Demonstrations, ratio: flo
                                   [p.demonstration or "" for p in chosen])
 
 
-@ALGORITHMS.register("chord")
+def add_demonstrations(scored: ScoredRollouts, batch: PromptBatch, step: int,
+                       demos: Demonstrations, ratio: float) -> ScoredRollouts:
+    """The `add_rows` hook: the step's demonstration rows after its scored samples."""
+    return add_expert_rows(scored, expert_rows(batch, step, demos, ratio))
+
+
+def chord_combine(rl_loss: torch.Tensor, expert_loss: torch.Tensor, mu: float) -> torch.Tensor:
+    """CHORD's objective (1 - mu) * rl_loss + mu * expert_loss, mu in [0, 1].
+
+    Both inputs are already aggregated scalars over their own rows: the RL term
+    over sampled rows, the expert term over demonstration rows, picked by the
+    batch's `expert_mask` (the learner applies each term to its rows; see
+    `LossTermSpec.rows`). `mu` usually follows `schedules.chord_mu`; `build`
+    gets the same mix by weighting the terms (1 - mu) and mu.
+
+    >>> float(chord_combine(torch.tensor(2.0), torch.tensor(4.0), 0.25))
+    2.5
+    """
+    if not 0.0 <= mu <= 1.0:
+        raise ValueError(f"chord_combine: mu must be in [0, 1]; got {mu}")
+    return (1.0 - mu) * rl_loss + mu * expert_loss
+
+
 def build(cfg: Any) -> Algorithm:
     c = cfg.algo.chord
     mu = partial(chord_mu, mu_peak=c.mu_peak, mu_valley=c.mu_valley,
@@ -66,7 +91,7 @@ def build(cfg: Any) -> Algorithm:
     demos = Demonstrations(cfg.model.name)
     return Algorithm(
         name="chord", terms=terms,
-        expert_rows=partial(expert_rows, demos=demos, ratio=c.expert_ratio),
+        add_rows=partial(add_demonstrations, demos=demos, ratio=c.expert_ratio),
         step_metrics=lambda step: {"chord/mu": mu(step)},
         **common(cfg),
     )

@@ -16,7 +16,8 @@ from dataclasses import replace
 from typing import Any
 
 from rlft.algos.base import AdvantageParams
-from rlft.algos.spec import ALGORITHMS, Algorithm, LossTermSpec
+from rlft.algos.contract import Algorithm, LossTermSpec, keep_all
+from rlft.batch.groups import varied_groups
 
 
 def policy_terms(cfg: Any, scale: float = 1.0, ppo: tuple[LossTermSpec, ...] | None = None
@@ -55,12 +56,12 @@ def common(cfg: Any) -> dict[str, Any]:
     a = cfg.algo
     advantage = a.advantage or "grpo"
     return dict(advantage=advantage, adv_params=AdvantageParams(eps=a.eps, gamma=a.gamma, lam=a.lam),
-                needs_ref=a.kl_coef > 0,
+                needs=frozenset({"ref_logprobs"} if a.kl_coef > 0 else ()),
                 min_group_size=1 if advantage == "reinforce_pp" else 2,
-                filter_groups=a.filter_groups, filter_rounds=a.filter_rounds)
+                keep_groups=varied_groups if a.filter_groups else keep_all,
+                filter_rounds=a.filter_rounds)
 
 
-@ALGORITHMS.register("grpo")
 def build(cfg: Any) -> Algorithm:
     fixed = policy_terms(cfg)
     return Algorithm(name="grpo", terms=lambda step: fixed, **common(cfg))

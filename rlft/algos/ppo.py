@@ -2,14 +2,14 @@
 
 - The critic (workers/critic.py: a value head on the policy's backbone, its
   own FSDP2 learner) gives `values` before advantages and fits `returns`
-  after the policy update; the controller does both because the spec says
-  `needs_critic` (it never reads the algorithm's name).
+  after the policy update; the training loop does both because the spec
+  needs "values" and names `critic_terms` (it never reads the algorithm's name).
 - Advantages: GAE with `algo.gamma` / `algo.lam`, whitened over the batch;
   returns = A + V are the critic's targets.
 - KL to the reference (`algo.kl_coef > 0`): a loss term by default, or with
   `algo.ppo.kl_in_reward=true` a per-token penalty in the reward,
   r_t -= kl_coef * KL_t (InstructGPT's form), KL_t estimated from the policy's
-  log-probs at rollout time (`needs_old_logprobs`) and the reference's.
+  log-probs at rollout time (needs "old_logprobs") and the reference's.
 - Value loss: `value_clip` (0.5 * max of the clipped and unclipped squared
   error), clipped to `algo.ppo.value_clip` around the rollout-time value.
 """
@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from rlft.algos.base import AdvantageParams
+from rlft.algos.contract import Algorithm, LossTermSpec, no_shaping
 from rlft.algos.grpo import policy_terms
 from rlft.algos.losses import kl_penalty
-from rlft.algos.spec import ALGORITHMS, Algorithm, LossTermSpec
 from rlft.types import TrainBatch
 
 CRITIC_ESTIMATORS = ("gae",)
@@ -46,7 +46,7 @@ def kl_in_reward(batch: TrainBatch, token_rewards: torch.Tensor, coef: float, es
     for name in ("old_logprobs", "ref_logprobs"):
         if getattr(batch, name) is None:
             raise ValueError(f"kl_in_reward needs `{name}` in the batch: the spec must set "
-                             f"needs_old_logprobs and needs_ref")
+                             f"need old_logprobs and ref_logprobs")
     mask = batch.response_mask.bool()
     if batch.expert_mask is not None:
         mask = mask & ~batch.expert_mask.bool()[:, None]  # demonstrations get no reward
@@ -76,14 +76,14 @@ def ppo_fields(cfg: Any) -> dict[str, Any]:
     if in_reward:  # the KL acts through the reward, not as a loss term too
         terms = tuple(t for t in terms if t.loss != "kl")
     shape = partial(kl_in_reward, coef=a.kl_coef, estimator=a.kl_estimator) if in_reward \
-        else None
+        else no_shaping
+    needs = {"values"} | ({"ref_logprobs"} if a.kl_coef > 0 else set()) \
+        | ({"old_logprobs"} if in_reward else set())
     return dict(advantage=advantage,
                 adv_params=AdvantageParams(eps=a.eps, gamma=a.gamma, lam=a.lam),
-                terms=lambda step: terms, needs_ref=a.kl_coef > 0, needs_critic=True,
-                critic_terms=critic_terms(cfg), needs_old_logprobs=in_reward,
-                shape_rewards=shape, min_group_size=1)
+                terms=lambda step: terms, needs=frozenset(needs),
+                critic_terms=critic_terms(cfg), shape_rewards=shape, min_group_size=1)
 
 
-@ALGORITHMS.register("ppo")
 def build(cfg: Any) -> Algorithm:
     return Algorithm(name="ppo", **ppo_fields(cfg))

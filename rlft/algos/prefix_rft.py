@@ -28,9 +28,10 @@ from typing import Any
 
 import torch
 
+from rlft.algos.contract import Algorithm, LossTermSpec
 from rlft.algos.grpo import common, norm_const, policy_terms
 from rlft.algos.schedules import prefix_window, sample_prefix_ratio, select_top_entropy
-from rlft.algos.spec import ALGORITHMS, Algorithm, Demonstrations, LossTermSpec
+from rlft.data.demonstrations import Demonstrations
 from rlft.types import Prompt, PromptBatch, TrainBatch
 
 
@@ -86,7 +87,6 @@ def keep_top_entropy_prefix(batch: TrainBatch, entropy: torch.Tensor, frac: floa
                        prefix_mask=keep)
 
 
-@ALGORITHMS.register("prefix_rft")
 def build(cfg: Any) -> Algorithm:
     a, p = cfg.algo, cfg.algo.prefix
     n = cfg.rollout.n
@@ -98,6 +98,7 @@ def build(cfg: Any) -> Algorithm:
         raise ValueError(f"algo.prefix.fraction={p.fraction} gives no prefixed sample of "
                          f"rollout.n={n}: raise it (round(fraction * n) >= 1)")
     fields = common(cfg)
+    fields["needs"] = fields["needs"] | {"entropy"}  # the token filter reads it
     if p.group_by == "prompt_prefix" and fields["min_group_size"] > 1 and 1 in (plain, prefixed):
         raise ValueError(
             f"algo.prefix.fraction={p.fraction} with rollout.n={n} makes {plain} plain and "

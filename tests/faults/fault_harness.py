@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from rlft import checkpoint
+from rlft.run import checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 REWARD = f"{ROOT / 'tests' / 'integration' / 'length_reward.py'}:distinct_chars"

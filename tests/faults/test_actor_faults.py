@@ -1,7 +1,7 @@
 """Actors killed mid-step (SIGKILL of the actor's process).
 
 Rollout worker and reward service: Ray restarts them (ray.max_restarts) and
-retries the call in flight (ray.max_task_retries); the controller re-sends the
+retries the call in flight (ray.max_task_retries); the training loop re-sends the
 weights to a restarted rollout worker. Generation is seeded per step, so the
 run ends with exactly the weights of a run without faults. Learner: never
 restarted (its state lives in the last checkpoint); the run exits non-zero and
@@ -21,7 +21,7 @@ from ray._private import state
 
 from rlft import cli
 from rlft.config import load_config
-from rlft.controller import Trainer
+from rlft.loop import TrainingLoop
 
 REWARD = f"{Path(__file__).with_name('fault_rewards.py')}:flagged_chars"
 
@@ -38,7 +38,7 @@ def _overrides(tmp_path: Path, model: str, name: str, steps: int = 3) -> list[st
     ]
 
 
-def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+def _weights(trainer: TrainingLoop) -> dict[str, torch.Tensor]:
     return ray.get([lrn.full_state.remote() for lrn in trainer.pools.learners])[0]
 
 
@@ -50,12 +50,12 @@ def _ray():
 
 def test_rollout_and_reward_actors_killed_mid_step_restart_and_change_nothing(
         tmp_path, tiny_model_path, caplog):
-    ref = Trainer(load_config(None, _overrides(tmp_path, tiny_model_path, "ref")))
+    ref = TrainingLoop(load_config(None, _overrides(tmp_path, tiny_model_path, "ref")))
     want_hist = [ref.train_step() for _ in range(3)]
     want = _weights(ref)
     ref.close()
 
-    trainer = Trainer(load_config(None, _overrides(tmp_path, tiny_model_path, "faulted")))
+    trainer = TrainingLoop(load_config(None, _overrides(tmp_path, tiny_model_path, "faulted")))
     hist = [trainer.train_step()]
     # Step 1: the rollout worker dies while it generates (its CPU time starts to climb).
     pid = actor_pid(trainer.pools.rollout[0])

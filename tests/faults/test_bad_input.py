@@ -1,6 +1,6 @@
 """Bad input fails before Ray or any model starts, naming the input and the fix.
 
-Each case goes through `rlft train` (cli.main) or `Trainer`, the way a user
+Each case goes through `rlft train` (cli.main) or `TrainingLoop`, the way a user
 meets it. "Before any model is loaded" is checked as "Ray was never started":
 `build_pools` starts Ray first, then resolves and loads the models.
 """
@@ -15,7 +15,7 @@ import ray
 
 from rlft import cli
 from rlft.config import ConfigError, load_config
-from rlft.controller import Trainer
+from rlft.loop import TrainingLoop
 
 
 @pytest.fixture(autouse=True)
@@ -66,14 +66,14 @@ def test_config_file_that_is_not_yaml(tmp_path, capsys):
 def test_bad_rows_name_the_row_and_the_fix(tmp_path, rows, match):
     data = _jsonl(tmp_path / "d.jsonl", rows)
     with pytest.raises(ValueError, match=match) as info:
-        Trainer(load_config(None, _base(tmp_path, f"data.source={data}")))
+        TrainingLoop(load_config(None, _base(tmp_path, f"data.source={data}")))
     assert "d.jsonl" in str(info.value)
 
 
 def test_missing_field_points_at_field_map(tmp_path):
     data = _jsonl(tmp_path / "d.jsonl", [{"question": "1+1?"}])
     with pytest.raises(ValueError) as info:
-        Trainer(load_config(None, _base(tmp_path, f"data.source={data}")))
+        TrainingLoop(load_config(None, _base(tmp_path, f"data.source={data}")))
     assert re.search(r"field_map|prompt_field", str(info.value)), str(info.value)
 
 
@@ -81,12 +81,12 @@ def test_empty_and_missing_datasets(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(ValueError, match="empty file"):
-        Trainer(load_config(None, _base(tmp_path, f"data.source={empty}")))
+        TrainingLoop(load_config(None, _base(tmp_path, f"data.source={empty}")))
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
-        Trainer(load_config(None, _base(tmp_path, f"data.source={tmp_path / 'nope.jsonl'}")))
+        TrainingLoop(load_config(None, _base(tmp_path, f"data.source={tmp_path / 'nope.jsonl'}")))
     bad = _jsonl(tmp_path / "bad.jsonl", [{"question": "x"}, {"question": "y"}])
     with pytest.raises(ValueError, match="every row was skipped"):
-        Trainer(load_config(None, _base(tmp_path, f"data.source={bad}", "data.on_bad_row=skip")))
+        TrainingLoop(load_config(None, _base(tmp_path, f"data.source={bad}", "data.on_bad_row=skip")))
 
 
 def test_prompt_plus_response_longer_than_the_context(tmp_path, capsys):
@@ -125,13 +125,13 @@ def test_reward_file_that_does_not_import_fails_the_same_way_twice(tmp_path):
     cfg = load_config(None, _base(tmp_path, f"reward.terms=[{{name: '{user}:score'}}]"))
     for _ in range(2):  # not cached half-imported: the second try is no "defines no 'score'"
         with pytest.raises(SyntaxError):
-            Trainer(cfg)
+            TrainingLoop(cfg)
 
 
 def test_unknown_algorithm_and_bad_resume_path(tmp_path, capsys):
     assert cli.main(["train", *_base(tmp_path, "algo.name=ppo2")]) == 2
     assert "algo.name" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint folder"):
-        Trainer(load_config(None, _base(tmp_path)), resume=str(tmp_path / "step-000001"))
+        TrainingLoop(load_config(None, _base(tmp_path)), resume=str(tmp_path / "step-000001"))
     with pytest.raises(ConfigError):
         load_config(None, ["reward.terms=[]"])

@@ -32,7 +32,7 @@ from fault_harness import (
     write_prompts,
 )
 
-from rlft import checkpoint
+from rlft.run import checkpoint
 
 STEPS = 6
 

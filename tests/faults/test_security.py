@@ -13,10 +13,10 @@ import pytest
 import ray
 import torch
 
-from rlft import checkpoint
 from rlft.config import load_config
 from rlft.rewards.base import RewardTerm
-from rlft.runs import RunFolder
+from rlft.run import checkpoint
+from rlft.run.folder import RunFolder
 from rlft.workers.learner import Learner, LearnerParams
 from rlft.workers.placement import actor, free_port, init_ray
 from rlft.workers.reward import RewardService

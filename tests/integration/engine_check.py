@@ -5,7 +5,7 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM
 
-from rlft.batching import collate
+from rlft.batch.collate import collate
 
 # fp32 engines vs the FSDP learner's fp32 forward (packed rows): different kernels
 # sum in different orders; tests/unit/workers/test_vllm_engine.py measures ~1e-5.

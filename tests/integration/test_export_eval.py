@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlft.cli import main
 from rlft.config import load_config
-from rlft.controller import Trainer
-from rlft.data import load_rows
+from rlft.data.sources import load_rows
+from rlft.loop import TrainingLoop
 
 HERE = Path(__file__).parent
 TRAIN_REWARD = f"{HERE / 'length_reward.py'}:distinct_chars"
@@ -34,7 +34,7 @@ def run(tmp_path_factory, tiny_model_path):
     root = tmp_path_factory.mktemp("runs")
     cfg = load_config(None, _items(tiny_model_path, root) + [
         "train.eval_every=2", "train.eval_prompts=3", "train.eval_threshold=0.1"])
-    trainer = Trainer(cfg)
+    trainer = TrainingLoop(cfg)
     try:
         trainer.train()
         weights = ray.get(trainer.pools.learners[0].full_state.remote())

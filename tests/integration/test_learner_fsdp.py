@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from rlft.learn_utils import plan_micro_batches
+from rlft.learner.microbatch import plan_micro_batches
 from rlft.types import TrainBatch
 from rlft.workers.learner import Learner, LearnerParams, LossTermSpec
 
@@ -50,7 +50,7 @@ def make_batch(seed: int) -> TrainBatch:
 
 
 def shard(batch: TrainBatch, rank: int, world: int) -> TrainBatch:
-    """The controller's split: rows rank, rank + world, ..."""
+    """The training loop's split: rows rank, rank + world, ..."""
     return batch if world == 1 else batch.select(slice(rank, None, world))
 
 

@@ -10,12 +10,12 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM
 
+from rlft.algos.catalogue import build_algorithm
 from rlft.algos.ppo import critic_terms
-from rlft.algos.spec import build_algorithm
-from rlft.batching import collate
+from rlft.batch.collate import collate
 from rlft.config import load_config
-from rlft.controller import Trainer
-from rlft.data import build_prompts
+from rlft.data.prompts import build_prompts
+from rlft.loop import TrainingLoop
 from rlft.models import load_tokenizer
 from rlft.types import Rollouts, ScoredRollouts, TrainBatch
 from rlft.workers.critic import Critic, CriticParams
@@ -125,7 +125,7 @@ def test_critic_values_align_and_the_value_loss_falls(tiny_model_path):
             assert stats.loss == pytest.approx(losses[-1]) and stats.grad_norm > 0
         assert losses[-1] < 0.5 * losses[0], losses
         assert "value_clip/value_clip_frac" in stats.metrics
-        assert stats.flat()["critic/loss"] == stats.loss
+        assert stats.flat("critic")["critic/loss"] == stats.loss
     finally:
         critic.shutdown()
 
@@ -159,7 +159,7 @@ def _cfg(tmp_path, model_path, name, extra=()):
     ])
 
 
-class Recording(Trainer):
+class Recording(TrainingLoop):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.batches = []
@@ -207,8 +207,8 @@ def test_self_rewarding_ppo_trains_its_sft_model_then_runs_ppo(tmp_path, tiny_mo
     cfg = _cfg(tmp_path, tiny_model_path, "self_rewarding_ppo", extra=[
         "train.steps=1", "sft.steps=3", "sft.batch_size=4", "sft.lr=1.0e-2",
         "algo.self_reward.norm=group_zscore"])
-    assert build_algorithm(cfg).prepare is not None  # no sft_model: a stage runs first
-    trainer = Trainer(cfg)
+    assert [s.kind for s in build_algorithm(cfg).stages] == ["sft"]  # no sft_model: a stage first
+    trainer = TrainingLoop(cfg)
     try:
         sft = tmp_path / "self_rewarding_ppo" / "sft"
         assert trainer.algo.reward_args["sft_model"] == str(sft)

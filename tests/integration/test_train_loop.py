@@ -7,7 +7,7 @@ import ray
 import torch
 
 from rlft.config import load_config
-from rlft.controller import Trainer
+from rlft.loop import TrainingLoop
 
 REWARD = str(Path(__file__).with_name("length_reward.py")) + ":distinct_chars"
 
@@ -34,7 +34,7 @@ def _ray():
 
 def test_loop_trains_checkpoints_and_resumes_bit_identically(tmp_path, tiny_model_path):
     cfg = _cfg(tmp_path, tiny_model_path)
-    full = Trainer(cfg)
+    full = TrainingLoop(cfg)
     before = _weights(full)
     history = full.train()
     after = _weights(full)
@@ -54,12 +54,12 @@ def test_loop_trains_checkpoints_and_resumes_bit_identically(tmp_path, tiny_mode
     # through the Ray object store, the run above by gloo broadcast (auto on CPU): the
     # two transports must deliver the same weights, bit for bit.
     cfg2 = _cfg(tmp_path / "b", tiny_model_path, extra=("rollout.weight_transport=ray",))
-    first = Trainer(cfg2)
+    first = TrainingLoop(cfg2)
     for _ in range(2):
         first.train_step()
     first.save()
     first.close()
-    resumed = Trainer(cfg2, resume="auto")
+    resumed = TrainingLoop(cfg2, resume="auto")
     assert resumed.step == 2 and resumed.version == 2
     tail = resumed.train()
     final = _weights(resumed)

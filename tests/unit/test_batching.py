@@ -8,17 +8,8 @@ import pytest
 import torch
 
 from rlft.algos.base import AdvantageParams
-from rlft.batching import (
-    add_expert_rows,
-    collate,
-    demonstration_rollouts,
-    first_groups,
-    merge_rounds,
-    num_groups,
-    take,
-    varied_groups,
-    with_advantages,
-)
+from rlft.batch.collate import add_expert_rows, collate, demonstration_rollouts, with_advantages
+from rlft.batch.groups import first_groups, merge_rounds, num_groups, take, varied_groups
 from rlft.types import Prompt, RewardFailures, Rollouts, ScoredRollouts
 
 PROMPTS = (Prompt("a", "A", (1, 2)), Prompt("b", "B", (3,)))

@@ -10,8 +10,8 @@ import textwrap
 import pytest
 import torch
 
-from rlft import checkpoint
-from rlft.checkpoint import TrainerState
+from rlft.run import checkpoint
+from rlft.run.checkpoint import TrainerState
 
 
 def _learner_writer(payload: bytes):
@@ -65,7 +65,7 @@ def test_kill_during_write_keeps_previous(tmp_path):
     script = textwrap.dedent(f"""
         import os, sys, time
         from pathlib import Path
-        from rlft import checkpoint
+        from rlft.run import checkpoint
         root = Path({str(tmp_path)!r})
         checkpoint.save(root, checkpoint.TrainerState(1, 1, {{}}),
                         lambda p: (os.makedirs(p), open(p + '/w', 'wb').write(b'1')), keep=5)

@@ -13,15 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from rlft.data import (
-    BadRow,
-    PromptSampler,
-    build_prompts,
-    demonstration_ids,
-    load_rows,
-    render_tools,
-)
-from rlft.tasks import TASKS
+from rlft.data.demonstrations import demonstration_ids
+from rlft.data.prompts import BadRow, build_prompts, render_tools
+from rlft.data.sampler import PromptSampler
+from rlft.data.sources import load_rows
+from rlft.data.tasks import TASKS
 from rlft.types import Prompt
 
 ROWS = [

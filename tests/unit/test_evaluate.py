@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rlft.evaluate import pass_at_k, summarize
+from rlft.commands.evaluate import pass_at_k, summarize
 
 
 def _enumerated(n: int, c: int, k: int) -> float:

@@ -7,10 +7,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlft.cli import main
+from rlft.commands.sft import SUMMARY, demonstration_batch, run_sft
 from rlft.config import load_config
-from rlft.data import build_prompts
+from rlft.data.prompts import build_prompts
 from rlft.models import load_tokenizer
-from rlft.sft import SUMMARY, demonstration_batch, run_sft
 
 
 def test_demonstration_batch_masks_the_prompt(tiny_model_path):
@@ -40,7 +40,7 @@ def test_rlft_sft_lowers_the_loss_and_writes_a_loadable_folder(tmp_path, tiny_mo
     # learner did at the end: the export holds the trained weights.
     cfg = load_config(None, [f"model.name={tiny_model_path}", "sft.batch_size=4"])
     tok = AutoTokenizer.from_pretrained(out)
-    from rlft.build import build_prompts_for
+    from rlft.run.wiring import build_prompts_for
 
     sampler, pad_id = build_prompts_for(cfg)
     batch = demonstration_batch(list(sampler.prompts[:4]), load_tokenizer(tiny_model_path),

@@ -8,10 +8,10 @@ import re
 import jsonschema
 import pytest
 
+from rlft.data.tasks import SPLIT_SIZES, TASKS, draw, split_of, split_size
+from rlft.data.tasks.arithmetic import problems
+from rlft.data.tasks.tool_call import TOOLS
 from rlft.registry import RegistryError
-from rlft.tasks import SPLIT_SIZES, TASKS, draw, split_of, split_size
-from rlft.tasks.arithmetic import problems
-from rlft.tasks.tool_call import TOOLS
 
 NAMES = ["arithmetic", "json_extract", "tool_call"]
 

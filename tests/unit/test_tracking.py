@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rlft import tracking
-from rlft.tracking import REDACTED, scrub
+from rlft.run import tracking
+from rlft.run.tracking import REDACTED, scrub
 from rlft.types import RewardFailures, StepMetrics
 
 KEY = "wandb-" + "7" * 34

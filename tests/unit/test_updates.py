@@ -8,11 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlft.build import critic_params, learner_params
+from rlft.batch.minibatch import UpdatePlan, _cuts, mean_stats, minibatches, split_groups
 from rlft.config import ConfigError, load_config
+from rlft.run.wiring import critic_params, learner_params
 from rlft.types import TrainBatch
-from rlft.updates import UpdatePlan, _cuts, mean_stats, minibatches, split_groups
-from rlft.workers.critic import CriticStats
 from rlft.workers.learner import UpdateStats
 
 
@@ -99,10 +98,11 @@ def test_mean_stats_by_hand():
     assert (m.tokens, m.seconds, m.skipped) == (22, 2.0, True)
     # kl was reported by one update only: its mean is over that one.
     assert m.metrics == {"clip_frac": 0.25, "kl": 0.5, "updates": 2.0}
-    c = CriticStats(loss=1.0, grad_norm=1.0, lr=0.1, values_mean=0.0, returns_mean=1.0,
-                    seconds=1.0)
-    assert mean_stats([c]) == CriticStats(1.0, 1.0, 0.1, 0.0, 1.0, 1.0,
-                                          metrics={"updates": 1.0})
+    c = UpdateStats(loss=1.0, grad_norm=1.0, lr=0.1, entropy=0.0, tokens=3, seconds=1.0,
+                    metrics={"values_mean": 0.0, "returns_mean": 1.0})
+    assert mean_stats([c]) == UpdateStats(1.0, 1.0, 0.1, 0.0, 3, 1.0,
+                                          metrics={"values_mean": 0.0, "returns_mean": 1.0,
+                                                   "updates": 1.0})
     with pytest.raises(ValueError, match="at least one update"):
         mean_stats([])
 

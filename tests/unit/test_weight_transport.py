@@ -3,8 +3,8 @@ are refused before any actor starts (rlft/build.py `weight_transport`)."""
 
 import pytest
 
-from rlft.build import weight_transport
 from rlft.config import ConfigError, load_config
+from rlft.run.wiring import weight_transport
 
 
 def _cfg(transport: str, mode: str = "split"):

@@ -6,12 +6,15 @@ import math
 import pytest
 import torch
 
+from rlft.algos.catalogue import build_algorithm
 from rlft.algos.chord import expert_count
+from rlft.algos.contract import LossTermSpec, keep_all, no_extra_rows, no_filter, token_mask
 from rlft.algos.prefix_rft import keep_top_entropy_prefix, split_samples
 from rlft.algos.schedules import chord_mu
-from rlft.algos.spec import Demonstrations, LossTermSpec, build_algorithm, token_mask
-from rlft.build import build_prompts_for
+from rlft.batch.groups import varied_groups
 from rlft.config import load_config
+from rlft.data.demonstrations import Demonstrations
+from rlft.run.wiring import build_prompts_for
 from rlft.types import TrainBatch
 from rlft.workers.learner import Learner, LearnerParams
 
@@ -78,7 +81,8 @@ def test_prefix_rft_batches_share_prefixes_per_group():
     assert algo.make_batch(prompts, 3, 4) == b  # seeded by (seed, step)
     mixed = build_algorithm(_cfg("algo.name=prefix_rft", "algo.prefix.group_by=prompt"))
     assert mixed.make_batch(prompts, 0, 4).group_id == (0, 0, 2, 2, 4, 4)
-    assert algo.token_filter is not None and algo.expert_rows is None
+    assert algo.token_filter is not no_filter and algo.add_rows is no_extra_rows
+    assert "entropy" in algo.needs  # the token filter reads the sampling policy's entropy
 
 
 def test_prefix_rft_rejects_groups_of_one():
@@ -99,7 +103,7 @@ def test_chord_terms_follow_mu_and_expert_rows_follow_ratio():
         assert w == pytest.approx({"ppo_clip": 1 - mu, "kl": 0.1 * (1 - mu), "chord_expert": mu})
         assert algo.step_metrics(step) == {"chord/mu": mu}
     assert algo.terms(0)[-1].params == {"phi": True, "cutoff_prob": None}
-    assert algo.needs_ref
+    assert "ref_logprobs" in algo.needs
     assert [expert_count(p, 0.2) for p in (16, 12, 8, 0)] == [4, 3, 2, 0]
     with pytest.raises(ValueError, match="expert_ratio=0 adds no demonstration rows"):
         build_algorithm(_cfg("algo.name=chord", "algo.chord.expert_ratio=0"))
@@ -107,8 +111,8 @@ def test_chord_terms_follow_mu_and_expert_rows_follow_ratio():
 
 def test_grpo_takes_the_dapo_filter_from_the_config():
     algo = build_algorithm(_cfg("algo.filter_groups=true", "algo.filter_rounds=3"))
-    assert algo.filter_groups and algo.filter_rounds == 3
-    assert not build_algorithm(_cfg()).filter_groups
+    assert algo.keep_groups is varied_groups and algo.filter_rounds == 3
+    assert build_algorithm(_cfg()).keep_groups is keep_all
 
 
 def test_split_terms_with_joint_norm_equal_one_term(tiny_model_path):

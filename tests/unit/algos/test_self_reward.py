@@ -5,7 +5,8 @@ import statistics
 import pytest
 import torch
 
-from rlft.algos.self_reward import chord_combine, self_reward
+from rlft.algos.chord import chord_combine
+from rlft.algos.self_rewarding import self_reward
 from rlft.registry import RegistryError
 
 T, F = True, False

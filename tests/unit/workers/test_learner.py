@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
-from rlft.learn_utils import lr_lambda, plan_micro_batches, rows_mask, term_names
+from rlft.learner.driver import lr_lambda, term_names
+from rlft.learner.microbatch import plan_micro_batches, rows_mask
 from rlft.types import TrainBatch
 from rlft.workers.learner import Learner, LearnerParams, LossTermSpec, NonFiniteError
 

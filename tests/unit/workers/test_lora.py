@@ -17,9 +17,9 @@ from peft import PeftModel
 from test_learner import make_batch, naive_logprobs
 from transformers import AutoModelForCausalLM
 
-from rlft import lora
-from rlft.build import learner_params
 from rlft.config import ConfigError, load_config
+from rlft.learner import lora
+from rlft.run.wiring import learner_params
 from rlft.types import Prompt, PromptBatch, TrainBatch
 from rlft.workers.learner import Learner, LearnerParams, LoraParams, LossTermSpec
 from rlft.workers.rollout import HFEngine, SamplingParams
@@ -255,7 +255,7 @@ def _rank(rank: int, init: str, model_path: str, out: str) -> None:
     torch.set_num_threads(1)  # two ranks share two cores
     params = LearnerParams(max_grad_norm=0.0, **TWO_RANKS, lora=LoraParams(r=4, alpha=8.0))
     lrn = Learner(model_path, params, rank, 2, init_method=init, ref_model=model_path)
-    half = make_batch().select(slice(rank, None, 2))  # the controller's split of the rows
+    half = make_batch().select(slice(rank, None, 2))  # the training loop's split of the rows
     ref_lp, _ = lrn.compute_logprobs(half, ref=True)
     lrn.update(half, SFT)
     lrn.save(os.path.join(out, "ckpt"))

@@ -18,8 +18,8 @@ from test_learner import (
 )
 from transformers import AutoModelForCausalLM
 
-from rlft.learn_utils import plan_micro_batches
-from rlft.packing import ATTENTION, pack, pack_rows, use_packed_attention, varlen_attention
+from rlft.learner.microbatch import plan_micro_batches
+from rlft.learner.packing import ATTENTION, pack, pack_rows, use_packed_attention, varlen_attention
 from rlft.workers.learner import LossTermSpec
 
 # -- the plan -----------------------------------------------------------------

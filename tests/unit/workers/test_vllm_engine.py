@@ -16,8 +16,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from rlft.build import engine_kwargs
 from rlft.config import ConfigError, load_config
+from rlft.run.wiring import engine_kwargs
 from rlft.types import Prompt, PromptBatch
 from rlft.workers.rollout import ENGINES, SamplingParams, _engine_class, cut_response
 from rlft.workers.vllm_engine import VLLMEngine, from_wire, to_wire

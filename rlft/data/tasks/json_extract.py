@@ -15,7 +15,7 @@ import json
 import random
 from itertools import product
 
-from rlft.tasks import TASKS, draw, split_of, split_size
+from rlft.data.tasks import TASKS, draw, split_of, split_size
 
 
 def _schema(**props: str) -> dict:

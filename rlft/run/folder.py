@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from rlft import checkpoint
 from rlft.config import Config, to_dict
+from rlft.run import checkpoint
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The driver's side of weight sync: learner ranks -> every rollout worker.
 
-Two transports (rollout.weight_transport, resolved by `rlft.build.weight_transport`):
+Two transports (rollout.weight_transport, resolved by `rlft.run.wiring.weight_transport`):
 - ray: the learner `ray.put`s its weights in buckets and every worker reads
   them from the object store (workers/weight_sync.py `publish`).
 - broadcast: learner rank 0 and every engine worker form one sync group at
@@ -9,7 +9,7 @@ Two transports (rollout.weight_transport, resolved by `rlft.build.weight_transpo
 
 A rollout worker that Ray restarted has lost its place in the group, and the
 others would wait on it at the next broadcast until the group's timeout. The
-controller notices the restart (its rollouts carry version 0) and calls
+training loop notices the restart (its rollouts carry version 0) and calls
 `push(version, rejoin=True)`: the whole group is built again on a fresh port
 (every member replaces its old group), so later syncs stay on the broadcast
 path, and the re-send itself goes over the new group.

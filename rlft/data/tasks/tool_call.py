@@ -16,7 +16,7 @@ import json
 import random
 from itertools import product
 
-from rlft.tasks import TASKS, draw, split_of, split_size
+from rlft.data.tasks import TASKS, draw, split_of, split_size
 
 
 def _fn(name: str, description: str, props: dict, required: list[str]) -> dict:

@@ -1,39 +1,38 @@
-"""The driver: one process that runs the six calls of a training step.
+"""The training loop: one driver process running the calls of a training step.
 
-prompts -> rollout -> rewards -> advantages -> learner update -> weight sync.
-Nothing here branches on the algorithm; everything an algorithm changes is a
-field of its `Algorithm` spec (rlft/algos/spec.py).
+prompts -> rollout -> rewards -> advantages -> update (each trainable role)
+-> weight sync. Nothing here branches on the algorithm: every optional
+behaviour is a hook of its `Algorithm` (rlft/algos/contract.py) with a
+do-nothing default, called on every step, and the batch fields it needs are
+one declared set (`Algorithm.needs`) filled by `fill`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import ray
 import torch
 
-from rlft import checkpoint
-from rlft.algos.spec import Algorithm, LossTermSpec, build_algorithm
-from rlft.batching import (
-    add_expert_rows,
-    collate,
-    first_groups,
-    merge_rounds,
-    num_groups,
-    take,
-    varied_groups,
-    with_advantages,
-)
-from rlft.build import build_pools, build_prompts_for, build_weight_sync, sampling_params
+from rlft.algos.catalogue import build_algorithm
+from rlft.algos.contract import Algorithm, LossTermSpec
+from rlft.batch.collate import collate, with_advantages
+from rlft.batch.groups import first_groups, merge_rounds, num_groups, take
+from rlft.batch.minibatch import UpdatePlan, mean_stats, minibatches
+from rlft.commands.evaluate import evaluate, spec_from
 from rlft.config import Config
-from rlft.evaluate import evaluate, spec_from
-from rlft.runs import RunFolder
-from rlft.tracking import make_sinks
+from rlft.learner.driver import UpdateStats
+from rlft.run import checkpoint
+from rlft.run.folder import RunFolder
+from rlft.run.stages import run_stages
+from rlft.run.tracking import make_sinks
+from rlft.run.wiring import build_pools, build_prompts_for, build_weight_sync, sampling_params
 from rlft.types import PromptBatch, Rollouts, ScoredRollouts, StepMetrics, TrainBatch
-from rlft.updates import UpdatePlan, mean_stats, minibatches
 from rlft.workers.rollout import SamplingParams
 
 log = logging.getLogger("rlft")
@@ -51,13 +50,24 @@ class StageTimer:
         return out
 
 
-class Trainer:
+@dataclass(frozen=True)
+class Role:
+    """A trainable role: its ranks (Ray actors with `update(batch, terms)`), its
+    loss terms per step, and the stage name its time is logged under. The
+    policy is the first role; a critic, when the algorithm has one, the next."""
+
+    name: str
+    stage: str
+    ranks: list
+    terms: Callable[[int], tuple[LossTermSpec, ...]]
+
+
+class TrainingLoop:
     def __init__(self, cfg: Config, resume: str | None = None) -> None:
         self.cfg = cfg
-        self.algo: Algorithm = build_algorithm(cfg)  # fails on bad algo settings before loading
+        algo = build_algorithm(cfg)  # fails on bad algo settings before loading
         self.run = RunFolder.create(cfg, resume)
-        if self.algo.prepare is not None:  # a stage the algorithm needs first (e.g. SFT)
-            self.algo = self.algo.prepare(self.run.path)
+        self.algo: Algorithm = run_stages(cfg, algo, self.run.path)  # e.g. SFT first
         self.sampler, self.pad_id = build_prompts_for(cfg)
         self.eval_prompts = build_prompts_for(cfg, cfg.data.eval_split)[0].prompts[
             :cfg.train.eval_prompts or None] if cfg.train.eval_every else ()
@@ -65,11 +75,19 @@ class Trainer:
         self.weights = build_weight_sync(cfg, self.pools)  # rollout.weight_transport
         self.step, self.version = 0, 0
         self.plan = UpdatePlan(cfg.train.epochs, cfg.train.minibatches, cfg.train.seed)
+        # Several updates per batch: PPO's ratio is taken against the policy that
+        # sampled (this version), not against each update's starting point.
+        self.needs = self.algo.needs | (
+            {"old_logprobs"} if self.plan.updates > 1 else frozenset())
+        critic_terms = self.algo.critic_terms
+        self.roles = [role for role in (
+            Role("policy", "update", self.pools.learners, self.algo.terms),
+            Role("critic", "critic", self.pools.critics, lambda step: critic_terms),
+        ) if role.ranks]
         self.colocated = cfg.rollout.mode == "colocated"  # rollout sleeps in the learner phase
         if self.run.resume_from is not None:
             self._restore(self.run.resume_from)
         self.history: list[StepMetrics] = []
-        self._adv_metrics: dict[str, float] = {}  # the spec's reward shaping, this step
 
     # -- the loop -----------------------------------------------------------
     def train(self) -> list[StepMetrics]:
@@ -97,33 +115,28 @@ class Trainer:
     def train_step(self) -> StepMetrics:
         t = StageTimer()
         step = self.step
-        batch, scored, kept, extra = self.collect(step, t)
-        self._adv_metrics = {}
-        if self.colocated:  # the learner phase gets the rollout engines' accelerator memory
-            t.run("sleep", self._rollout_all, "sleep")
-        try:
-            train = t.run("advantage", self.advantages, kept, batch, step)
-            terms = self.algo.terms(step)
-            stats = t.run("update", self.update, train, terms)
-            if self.algo.needs_critic:
-                extra = {**extra, **t.run("critic", self.update_critic, train).flat()}
-        finally:  # awake before the sync (and after a failed update, for whoever goes on)
-            if self.colocated:
-                t.run("wake", self._rollout_all, "wake")
+        prompts, scored, kept, extra = self.collect(step, t)
+        with self.learner_phase(t):
+            batch, shaped = t.run("advantage", self.advantages, kept, prompts, step)
+            stats = {role.name: t.run(role.stage, self.update, role, batch)
+                     for role in self.roles}
         self.version += 1
         t.run("sync", self.sync_weights)
         self.step += 1
-        return self._metrics(step, scored, stats, t.seconds, {**extra, **self._adv_metrics})
+        others = {k: v for name, s in stats.items() if name != "policy"
+                  for k, v in s.flat(name).items()}  # critic/... figures
+        return self._metrics(step, scored, stats["policy"], t.seconds,
+                             {**extra, **shaped, **others})
 
     def collect(self, step: int, t: StageTimer
                 ) -> tuple[PromptBatch, ScoredRollouts, ScoredRollouts, dict[str, float]]:
-        """prompts -> rollout -> reward. With the spec's `filter_groups` (DAPO dynamic
-        sampling) groups whose rewards are all equal are dropped, and up to
-        `filter_rounds` prompt batches are drawn to refill the first round's number
-        of groups. Returns the first PromptBatch, every scored sample (for the
-        metrics) and the samples to train on, plus filter metrics."""
+        """prompts -> rollout -> reward, then the spec's `keep_groups` filter (DAPO
+        dynamic sampling drops groups whose rewards are all equal); up to
+        `filter_rounds` prompt batches are drawn to refill the first round's
+        number of groups. Returns the first PromptBatch, every scored sample (for
+        the metrics), the samples to train on, and filter metrics."""
         algo, batches, rounds, kept = self.algo, [], [], []
-        for r in range(algo.filter_rounds if algo.filter_groups else 1):
+        for r in range(algo.filter_rounds):
             batch = t.run("prompts", algo.make_batch, self.sampler.next_batch(), step,
                           self.cfg.rollout.n)
             batches.append(batch)
@@ -131,9 +144,7 @@ class Trainer:
             rollouts = t.run("rollout", self.generate, batch, step,
                              sampling_params(self.cfg, seed=seed))
             rounds.append(t.run("reward", self.score, rollouts))
-            if not algo.filter_groups:
-                return batch, rounds[0], rounds[0], {}
-            kept.append(take(rounds[-1], varied_groups(rounds[-1])))
+            kept.append(take(rounds[-1], algo.keep_groups(rounds[-1])))
             if sum(num_groups(k) for k in kept) >= num_groups(rounds[0]):
                 break
         train = first_groups(merge_rounds(kept), num_groups(rounds[0]))
@@ -144,7 +155,20 @@ class Trainer:
             train = rounds[0]
         return batches[0], merge_rounds(rounds), train, extra
 
-    # -- the six calls ------------------------------------------------------
+    @contextlib.contextmanager
+    def learner_phase(self, t: StageTimer) -> Iterator[None]:
+        """Colocated mode: the rollout engines sleep while the learners work (they
+        get the engines' accelerator memory) and wake before the sync, also after
+        a failed update, for whoever goes on."""
+        if self.colocated:
+            t.run("sleep", self._rollout_all, "sleep")
+        try:
+            yield
+        finally:
+            if self.colocated:
+                t.run("wake", self._rollout_all, "wake")
+
+    # -- the calls of a step ------------------------------------------------------
     def generate(self, batch: PromptBatch, step: int,
                  params: SamplingParams | None = None) -> Rollouts:
         params = params or sampling_params(self.cfg, seed=self.cfg.train.seed * 1_000_003 + step)
@@ -173,46 +197,48 @@ class Trainer:
     def score(self, rollouts: Rollouts) -> ScoredRollouts:
         return ray.get(self.pools.reward.score.remote(rollouts))
 
-    def advantages(self, scored: ScoredRollouts, prompts: PromptBatch | None = None,
-                   step: int = 0) -> TrainBatch:
-        if self.algo.expert_rows is not None and prompts is not None:
-            scored = add_expert_rows(scored, self.algo.expert_rows(prompts, step))
+    def advantages(self, scored: ScoredRollouts, prompts: PromptBatch, step: int
+                   ) -> tuple[TrainBatch, dict[str, float]]:
+        """Scored rollouts -> the training batch: the spec's extra rows, collate,
+        the declared fields, reward shaping, the estimator, the token filter.
+        Returns the batch and the shaping's metrics."""
+        algo = self.algo
+        scored = algo.add_rows(scored, prompts, step)
         batch, token_rewards = collate(scored, self.pad_id)
-        if self.algo.needs_ref:
-            ref, _ = self._logprobs(batch, ref=True)
-            batch = batch.with_(ref_logprobs=ref)
-        entropy = None
-        # Several updates per batch: PPO's ratio is taken against the policy that
-        # sampled (this version), not against each update's starting point.
-        if self.algo.needs_old_logprobs or self.plan.updates > 1:
-            old, entropy = self._logprobs(batch, ref=False)
-            batch = batch.with_(old_logprobs=old)
-        if self.algo.needs_critic:
-            batch = batch.with_(values=self.values(batch))
-        if self.algo.shape_rewards is not None:
-            token_rewards, shaped = self.algo.shape_rewards(batch, token_rewards)
-            self._adv_metrics.update(shaped)
-        batch = with_advantages(batch, token_rewards, self.algo.advantage, self.algo.adv_params)
-        if self.algo.token_filter is not None:
-            if entropy is None:  # the policy the update starts from (the pass above, if any)
-                _, entropy = self._logprobs(batch, ref=False)
-            batch = self.algo.token_filter(batch, entropy)
-        return batch
+        batch, entropy = self.fill(batch, self.needs)
+        token_rewards, shaped = algo.shape_rewards(batch, token_rewards)
+        batch = with_advantages(batch, token_rewards, algo.advantage, algo.adv_params)
+        return algo.token_filter(batch, entropy), dict(shaped)
 
-    def update(self, batch: TrainBatch, terms: tuple[LossTermSpec, ...]):
-        """train.epochs x train.minibatches optimizer steps (rlft/updates.py), their
-        figures averaged."""
-        return self._updates(self.pools.learners, batch, terms)
+    def fill(self, batch: TrainBatch, needs: frozenset[str]
+             ) -> tuple[TrainBatch, torch.Tensor | None]:
+        """The batch fields in `needs` (BATCH_FIELDS), one no-grad pass each:
+        reference log-probs, the sampling policy's log-probs and entropy (one
+        pass gives both), the critic's values. Returns the batch and the entropy
+        [B, L] (None unless needed)."""
+        ref = self._logprobs(batch, ref=True)[0] if "ref_logprobs" in needs else None
+        old, entropy = self._logprobs(batch, ref=False) \
+            if needs & {"old_logprobs", "entropy"} else (None, None)
+        values = self.values(batch) if "values" in needs else None
+        return batch.with_(ref_logprobs=ref, values=values,
+                           old_logprobs=old if "old_logprobs" in needs else None), entropy
 
-    def _updates(self, ranks: list, batch: TrainBatch, terms: tuple[LossTermSpec, ...]):
-        return mean_stats([self._update_once(ranks, mb, terms)
+    def update(self, role: Role, batch: TrainBatch) -> UpdateStats:
+        """The role's train.epochs x train.minibatches optimizer steps
+        (rlft/batch/minibatch.py), their figures averaged. The critic fits the
+        batch's `returns` after the policy update, over the same minibatches, as
+        PPO does: its clipped value loss keeps each value near the rollout-time
+        one however many passes it takes."""
+        terms = role.terms(self.step)
+        return mean_stats([self._update_once(role.ranks, mb, terms)
                            for mb in minibatches(batch, self.plan, self.step)])
 
-    def _update_once(self, ranks: list, batch: TrainBatch, terms: tuple[LossTermSpec, ...]):
-        """One optimizer step of the learner (or critic) world, each rank on its rows."""
+    def _update_once(self, ranks: list, batch: TrainBatch, terms: tuple[LossTermSpec, ...]
+                     ) -> UpdateStats:
+        """One optimizer step of a role's world, each rank on its rows."""
         world = len(ranks)
-        stats = ray.get([lrn.update.remote(_rows(batch, r, world), terms)
-                         for r, lrn in enumerate(ranks)])
+        stats = ray.get([rank.update.remote(_rows(batch, r, world), terms)
+                         for r, rank in enumerate(ranks)])
         return stats[0]  # every rank reports the same reduced figures
 
     def values(self, batch: TrainBatch) -> torch.Tensor:
@@ -225,19 +251,13 @@ class Trainer:
             out[r::world] = part
         return out
 
-    def update_critic(self, batch: TrainBatch):
-        """The critic fits the batch's `returns` (after the policy update) over the same
-        epochs x minibatches as the policy, as PPO does: its clipped value loss keeps
-        each value near the rollout-time one however many passes it takes."""
-        return self._updates(self.pools.critics, batch, self.algo.critic_terms)
-
     def sync_weights(self, rejoin: bool = False) -> None:
         """The learner's weights, as version self.version, into every rollout worker
-        (rlft/sync.py); `rejoin`: rebuild the broadcast group first."""
+        (rlft/run/weight_push.py); `rejoin`: rebuild the broadcast group first."""
         self.weights.push(self.version, rejoin)
 
     def evaluate(self) -> dict[str, float]:
-        """Held-out pass@k and reward on the running rollout workers (rlft/evaluate.py)."""
+        """Held-out pass@k and reward on the running rollout workers (rlft/commands/evaluate.py)."""
         out = evaluate(self.eval_prompts, lambda b, p: self.generate(b, self.step, p),
                        self.score, spec_from(self.cfg))
         log.info("eval after step %d: %s", self.step,

@@ -7,7 +7,8 @@ Hugging Face folder (`Learner.export_hf` + the tokenizer). Settings: `sft.*`
 (steps, batch size, lr, output folder), the rest from `model.*`, `data.*` and
 `train.*` (seed, micro-batch budget, grad clipping, LoRA via model.lora).
 
-Self-Rewarding PPO runs this as its first stage when it is given no SFT model.
+Self-Rewarding PPO runs this as its first stage (`ensure_sft`) when it is given
+no SFT model.
 The folder appears under its final name only when complete (written to a
 temporary sibling, then renamed), so a crash never leaves half a model there.
 """
@@ -27,8 +28,8 @@ from typing import Any
 
 import torch
 
-from rlft.algos.spec import LossTermSpec
-from rlft.batching import collate, demonstration_rollouts
+from rlft.algos.contract import LossTermSpec
+from rlft.batch.collate import collate, demonstration_rollouts
 from rlft.types import Prompt, ScoredRollouts, TrainBatch
 
 log = logging.getLogger("rlft.sft")
@@ -48,7 +49,7 @@ class SFTResult:
 
 def demonstration_batch(prompts: list[Prompt], tokenizer: Any, pad_id: int) -> TrainBatch:
     """Prompt + demonstration (+ EOS) rows; loss only on the demonstration tokens."""
-    from rlft.data import demonstration_ids
+    from rlft.data.demonstrations import demonstration_ids
 
     ids = [demonstration_ids(p, tokenizer) for p in prompts]
     ro = demonstration_rollouts(prompts, ids, [p.demonstration for p in prompts])
@@ -63,8 +64,8 @@ def mean_nll(learner: Any, batch: TrainBatch) -> float:
 
 def run_sft(cfg: Any, out: Path | str) -> SFTResult:
     """Fine-tune `cfg.model.name` for `cfg.sft.steps` steps and write the folder `out`."""
-    from rlft.build import build_prompts_for, learner_params
     from rlft.models import load_tokenizer, resolve_model
+    from rlft.run.wiring import build_prompts_for, learner_params
     from rlft.workers.learner import Learner
 
     s, out = cfg.sft, Path(out)
@@ -98,6 +99,22 @@ def run_sft(cfg: Any, out: Path | str) -> SFTResult:
     log.info("sft: NLL per token on %d fixed demonstrations %.4f -> %.4f; model in %s",
              fixed.input_ids.shape[0], before, after, out)
     return SFTResult(out, losses, before, after)
+
+
+def sft_ready(folder: Path) -> bool:
+    """A finished SFT folder: `run_sft` renames it into place only when complete."""
+    return (folder / "config.json").is_file()
+
+
+def ensure_sft(cfg: Any, folder: Path) -> None:
+    """The "sft" stage (rlft/run/stages.py): fine-tune into `folder` unless a
+    finished model is there (a resumed run)."""
+    if sft_ready(folder):
+        log.info("reusing the SFT model in %s", folder)
+        return
+    log.info("fine-tuning %s on the demonstrations into %s first (sft.* settings)",
+             cfg.model.name, folder)
+    run_sft(cfg, folder)
 
 
 def _finish(tmp: Path, out: Path, cfg: Any, losses: list[float], before: float,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from rlft.tasks import TASKS, draw, split_of, split_size
+from rlft.data.tasks import TASKS, draw, split_of, split_size
 
 SYSTEM = "Answer with just the number."
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}

@@ -41,7 +41,7 @@ def run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> Config:
 
 
 def newest_checkpoint(run_dir: str | Path) -> Path:
-    from rlft import checkpoint
+    from rlft.run import checkpoint
 
     root = Path(run_dir) / "checkpoints"
     ckpt = checkpoint.latest(root)
@@ -57,8 +57,8 @@ def export_checkpoint(cfg: Config, ckpt: Path, out_dir: Path, merged: bool = Tru
     (with LoRA: merged weights, or with `merged=False` a peft adapter folder)."""
     from transformers import AutoTokenizer
 
-    from rlft.build import learner_params
     from rlft.models import resolve_model
+    from rlft.run.wiring import learner_params
     from rlft.workers.learner import Learner
 
     out_dir.mkdir(parents=True, exist_ok=True)

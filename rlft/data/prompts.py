@@ -1,16 +1,4 @@
-"""Datasets -> rendered prompts -> seeded, resumable batches.
-
-Sources (`data.source`), resolved in this order:
-- `builtin:<task>`: a task generated in code (rlft/tasks: arithmetic,
-  json_extract, tool_call), splits `train` and `eval`.
-- a local file `.jsonl`, `.json` (an array of objects, or JSON lines) or
-  `.parquet`: the whole file, whatever split is asked for. Give a folder to
-  have separate splits.
-- a local folder holding `<split>.jsonl`, `<split>.json` or
-  `<split>.parquet` (first match in that order), e.g. `train.jsonl` +
-  `eval.jsonl`.
-- anything else is a hub dataset name for `datasets.load_dataset(name,
-  split=split)`; offline this fails with a message saying so.
+"""Rows -> rendered, tokenised prompts (`Prompt`), with the row's fields.
 
 Decisions:
 - `schema` and `tools` may be objects or JSON strings (parquet and the
@@ -29,100 +17,18 @@ Decisions:
   compact tool list and the `<tool_call>` reply format go into the system
   message, so the model always sees the tools it is scored on.
 """
-
 from __future__ import annotations
 
 import json
-import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import datasets
-
-from rlft.registry import RegistryError
 from rlft.types import Prompt
 
-FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 JSON_FIELDS = ("schema", "tools")
 BAD_ROW_CHOICES = ("error", "skip")
-
-
-def load_rows(source: str, split: str) -> datasets.Dataset:
-    """The rows of one split of `source` (see the module docstring)."""
-    if source.startswith("builtin:"):
-        ds = _builtin(source, split)
-    else:
-        path = Path(source).expanduser()
-        if path.is_dir():
-            ds = _local_file(_split_file(path, source, split), source)
-        elif path.is_file():
-            ds = _local_file(path, source)
-        elif source.startswith((".", "/", "~")) or path.suffix in FORMATS:
-            raise FileNotFoundError(f"data.source={source!r}: no such file or folder; check the "
-                                    f"path (relative paths start from {str(Path.cwd())!r})")
-        else:
-            ds = _hub(source, split)
-    if len(ds) == 0:
-        raise ValueError(f"data.source={source!r}, split {split!r}: the dataset is empty; "
-                         f"point data.source at data with rows")
-    return ds
-
-
-def _builtin(source: str, split: str) -> datasets.Dataset:
-    from rlft.tasks import TASKS
-
-    try:
-        task = TASKS.get(source.removeprefix("builtin:"))
-    except RegistryError as exc:
-        raise ValueError(f"data.source={source!r}: {exc}") from exc
-    rows = task(split)
-    # JSON strings: Arrow would merge differing objects into one struct and
-    # fill the keys a row lacks with nulls. build_prompts parses them back.
-    return datasets.Dataset.from_list(
-        [{k: json.dumps(v) if k in JSON_FIELDS else v for k, v in r.items()} for r in rows])
-
-
-def _split_file(folder: Path, source: str, split: str) -> Path:
-    for ext in FORMATS:
-        if (folder / f"{split}{ext}").is_file():
-            return folder / f"{split}{ext}"
-    have = sorted(p.name for p in folder.iterdir() if p.suffix in FORMATS)
-    raise FileNotFoundError(
-        f"data.source={source!r}: the folder has no {split}.jsonl, {split}.json or "
-        f"{split}.parquet (it has: {', '.join(have) or 'no data files'}); name the files "
-        f"after the splits or set data.train_split / data.eval_split")
-
-
-def _local_file(path: Path, source: str) -> datasets.Dataset:
-    fmt = FORMATS.get(path.suffix)
-    if fmt is None:
-        raise ValueError(f"data.source={source!r}: unsupported file type {path.suffix!r}; "
-                         f"use one of {', '.join(FORMATS)}")
-    if path.stat().st_size == 0:  # the json builder fails on these with a bare StopIteration
-        raise ValueError(f"data.source={source!r}: {str(path)!r} is an empty file; point "
-                         f"data.source at data with rows")
-    try:
-        return datasets.load_dataset(fmt, data_files=str(path), split="train")
-    except (ValueError, datasets.exceptions.DatasetGenerationError) as exc:
-        # The parse error (e.g. pyarrow's, with a line number) is the useful part.
-        detail = exc.__cause__ or exc
-        raise ValueError(f"data.source={source!r}: cannot read {str(path)!r} as {path.suffix} "
-                         f"({type(detail).__name__}: {detail}); check that it is valid "
-                         f"{path.suffix} with at least one row") from exc
-
-
-def _hub(source: str, split: str) -> datasets.Dataset:
-    try:
-        return datasets.load_dataset(source, split=split)
-    except (OSError, ValueError) as exc:  # ConnectionError, DatasetNotFoundError, bad split
-        raise ValueError(
-            f"data.source={source!r}, split {split!r}: not a local file or folder, and loading "
-            f"it from the Hugging Face hub failed ({type(exc).__name__}: {exc}). Check the "
-            f"path or dataset name; offline, download the data and point data.source at the "
-            f"files, or use a builtin:<task>") from exc
 
 
 @dataclass(frozen=True)
@@ -330,94 +236,3 @@ def build_prompts(rows: Iterable[Mapping[str, Any]], tokenizer: Any, *,
         raise ValueError(f"{name}: every row was skipped as malformed ({dict(reasons)}); set "
                          f"data.on_bad_row=error to see the first bad row and its fix")
     return PromptSet(tuple(prompts), sum(reasons.values()), dict(reasons))
-
-
-class PromptSampler:
-    """Endless epochs of seeded shuffles; `state_dict` makes resume exact.
-
-    Epoch e is the permutation drawn by `random.Random(f"{seed}:{e}")`, so a
-    sampler rebuilt from (epoch, position) replays exactly the same batches.
-    A batch may span two epochs. `batch_size` may change across a resume.
-    """
-
-    def __init__(self, prompts: Sequence[Prompt], batch_size: int, seed: int,
-                 shuffle: bool = True) -> None:
-        if not prompts:
-            raise ValueError("PromptSampler needs at least one prompt")
-        if batch_size < 1:
-            raise ValueError(f"PromptSampler batch_size must be >= 1, got {batch_size}")
-        self.prompts, self.batch_size = tuple(prompts), batch_size
-        self.seed, self.shuffle = seed, shuffle
-        self._epoch, self._position = 0, 0
-        self._order = self._order_for(0)
-
-    @property
-    def epoch(self) -> int:
-        """Epochs completed before the next prompt is drawn."""
-        return self._epoch
-
-    @property
-    def position(self) -> int:
-        """Prompts of the current epoch already drawn."""
-        return self._position
-
-    def _order_for(self, epoch: int) -> list[int]:
-        order = list(range(len(self.prompts)))
-        if self.shuffle:
-            # A str seed is hashed with SHA-512, stable across runs and platforms.
-            random.Random(f"{self.seed}:{epoch}").shuffle(order)
-        return order
-
-    def next_batch(self) -> list[Prompt]:
-        out = []
-        while len(out) < self.batch_size:
-            if self._position >= len(self._order):
-                self._epoch, self._position = self._epoch + 1, 0
-                self._order = self._order_for(self._epoch)
-            out.append(self.prompts[self._order[self._position]])
-            self._position += 1
-        return out
-
-    def state_dict(self) -> dict:
-        return {"epoch": self._epoch, "position": self._position, "seed": self.seed,
-                "shuffle": self.shuffle, "num_prompts": len(self.prompts)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from `state`; the prompts, seed and shuffle must be the saved ones."""
-        mine = self.state_dict()
-        for key in ("seed", "shuffle", "num_prompts"):
-            if key in state and state[key] != mine[key]:
-                raise ValueError(
-                    f"sampler state was saved with {key}={state[key]!r} but this run has "
-                    f"{key}={mine[key]!r}; resume with the same data.source, data.shuffle and "
-                    f"train.seed, or start a new run")
-        epoch, position = int(state["epoch"]), int(state["position"])
-        if epoch < 0 or not 0 <= position <= len(self.prompts):
-            raise ValueError(f"sampler state epoch={epoch}, position={position} is out of range "
-                             f"for {len(self.prompts)} prompts")
-        self._epoch, self._position = epoch, position
-        self._order = self._order_for(epoch)
-
-
-def demonstration_ids(prompt: Prompt, tokenizer: Any) -> tuple[int, ...]:
-    """The row's demonstration as response tokens after `prompt.prompt_ids`, plus EOS.
-
-    It is tokenised together with the prompt text and the tail kept, so the
-    ids are the ones a policy would emit after this prompt; should the joint
-    encoding not start with `prompt_ids` (a merge across the boundary), the
-    demonstration is tokenised alone.
-    """
-    demo = prompt.demonstration
-    if not isinstance(demo, str) or not demo:
-        raise ValueError(f"row {prompt.uid} has no `demonstration` (got {demo!r}); this "
-                         f"algorithm needs one per row: use a builtin task or map a column to "
-                         f"it with data.field_map (e.g. {{solution: demonstration}})")
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos_token; demonstrations must end with one")
-    joint = encode_prompt_text(tokenizer, prompt.text + demo)
-    n = len(prompt.prompt_ids)
-    if tuple(joint[:n]) == prompt.prompt_ids:
-        ids = joint[n:]
-    else:
-        ids = tokenizer(demo, add_special_tokens=False)["input_ids"]
-    return (*ids, tokenizer.eos_token_id)

@@ -1,7 +1,7 @@
 """Evaluation on the held-out split: pass@k and mean reward.
 
 `rlft eval CONFIG|RUN_DIR` runs it in this process (no Ray): one rollout worker
-and the run's own reward terms. The controller runs the same `evaluate` every
+and the run's own reward terms. The training loop runs the same `evaluate` every
 `train.eval_every` steps on the rollout workers it already has.
 
 Decisions:
@@ -34,11 +34,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from rlft.build import build_prompts_for, engine_name, sampling_params
+from rlft.commands.export import export_checkpoint, newest_checkpoint, run_config
 from rlft.config import Config, load_config
-from rlft.export import export_checkpoint, newest_checkpoint, run_config
 from rlft.models import resolve_model
 from rlft.rewards.base import RewardTerm
+from rlft.run.wiring import build_prompts_for, engine_name, sampling_params
 from rlft.types import Prompt, PromptBatch, Rollouts, ScoredRollouts
 from rlft.workers.reward import RewardService
 from rlft.workers.rollout import RolloutWorker, SamplingParams

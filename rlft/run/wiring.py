@@ -1,18 +1,21 @@
-"""Builders: the only code that turns the run config into plain arguments for
-workers and math (DESIGN.md rule 5)."""
+"""Wiring: the only code that turns the run config into plain arguments for
+workers and math, and starts the run's actors (prompts, rollout workers, the
+reward actor, learner and critic ranks, the weight sync)."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
 
-from rlft.algos.spec import Algorithm
+from rlft.algos.contract import Algorithm
 from rlft.config import Config, ConfigError
-from rlft.data import PromptSampler, build_prompts, load_rows
+from rlft.data.prompts import build_prompts
+from rlft.data.sampler import PromptSampler
+from rlft.data.sources import load_rows
 from rlft.models import load_tokenizer, resolve_model
 from rlft.registry import RegistryError
 from rlft.rewards.base import RewardTerm, load_term
-from rlft.sync import WeightSync
+from rlft.run.weight_push import WeightSync
 from rlft.workers.critic import Critic, CriticParams
 from rlft.workers.learner import Learner, LearnerParams, LoraParams
 from rlft.workers.placement import (
@@ -159,7 +162,7 @@ def build_pools(cfg: Config, algo: Algorithm) -> Pools:
 
     def place(i: int) -> dict:
         return {"bundle": (bundles, i % world)} if bundles is not None else {}
-    # Rollout and reward actors are restarted when they die (the controller re-sends
+    # Rollout and reward actors are restarted when they die (the loop re-sends
     # weights to a restarted rollout worker); learners never are: a fresh learner
     # would silently train from the initial weights.
     restarts = dict(max_restarts=cfg.ray.max_restarts, max_task_retries=cfg.ray.max_task_retries)
@@ -170,11 +173,11 @@ def build_pools(cfg: Config, algo: Algorithm) -> Pools:
     reward = REWARD_ACTORS[algo.reward_source](cfg, algo, terms, dict(num_gpus=gpus, **restarts))
     init = f"tcp://127.0.0.1:{free_port()}"
     learners = [actor(Learner, model_path, learner_params(cfg), rank=r, world_size=world,
-                      init_method=init, ref_model=ref_path if algo.needs_ref else None,
+                      init_method=init, ref_model=ref_path if "ref_logprobs" in algo.needs else None,
                       num_gpus=gpus * share, **place(r))
                 for r in range(world)]
     critics = []
-    if algo.needs_critic:  # its own process group: one rank per learner rank
+    if algo.critic_terms:  # its own process group: one rank per learner rank
         init_c = f"tcp://127.0.0.1:{free_port()}"
         critics = [actor(Critic, model_path, critic_params(cfg), rank=r, world_size=world,
                          init_method=init_c, num_gpus=gpus) for r in range(world)]
@@ -207,7 +210,8 @@ def critic_params(cfg: Config) -> CriticParams:
                         total_steps=optimizer_steps(cfg, t.steps),  # as many as the policy
                         lr_schedule=t.lr_schedule, max_grad_norm=t.max_grad_norm,
                         micro_batch_tokens=t.micro_batch_tokens, param_dtype=cfg.model.dtype,
-                        seed=t.seed, grad_checkpointing=cfg.model.grad_checkpointing)
+                        seed=t.seed, grad_checkpointing=cfg.model.grad_checkpointing,
+                        max_nonfinite_steps=t.max_nonfinite_steps)
 
 
 def reward_terms(cfg: Config) -> list[RewardTerm]:

@@ -23,7 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rlft.data import JSON_FIELDS, load_rows, render_prompt
+from rlft.data.prompts import JSON_FIELDS, render_prompt
+from rlft.data.sources import load_rows
 from rlft.registry import RegistryError
 from rlft.rewards.base import RewardTerm, term_labels
 from rlft.rewards.runner import Outcome, describe

@@ -3,7 +3,7 @@ batch, each split into `train.minibatches` minibatches (PPO's K epochs x M
 minibatches; verl's ppo_epochs / ppo_mini_batch_size, OpenRLHF's max_epochs).
 
 With more than one update the importance ratio of PPO-clip moves away from 1
-(the controller then fills `old_logprobs` with the sampling policy's log-probs
+(the training loop then fills `old_logprobs` with the sampling policy's log-probs
 before the first update), so the clip ranges bind.
 
 A minibatch holds whole groups: advantages were computed over the full batch

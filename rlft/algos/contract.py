@@ -1,8 +1,14 @@
-"""What an algorithm is, as data: the controller and learner read these fields
-and never branch on an algorithm's name (DESIGN.md, "The loop").
+"""What an algorithm is, as data: the training loop and the learner read these
+fields and never branch on an algorithm's name.
 
-One spec file per algorithm (`rlft/algos/grpo.py`, ...) registers a builder in
-`ALGORITHMS`; the builder is the only place that reads the run config.
+An algorithm file (`rlft/algos/grpo.py`, ...) imports this contract only and
+defines a `build(cfg) -> Algorithm`; the catalogue (`rlft/algos/catalogue.py`)
+names them. The builder is the only place that reads the run config.
+
+Every optional behaviour is a hook whose default does nothing (`keep_all`,
+`no_extra_rows`, `no_shaping`, `no_filter`), called on every step; the batch
+fields an algorithm needs computed before advantages are one declared set
+(`needs`), filled by one function of the loop.
 """
 
 from __future__ import annotations
@@ -15,11 +21,14 @@ from typing import Any
 import torch
 
 from rlft.algos.base import AdvantageParams
-from rlft.registry import Registry
-from rlft.types import Prompt, PromptBatch, Rollouts, TrainBatch
+from rlft.types import Prompt, PromptBatch, ScoredRollouts, TrainBatch
 
 TOKENS = ("all", "sampled", "prefix")
 REWARD_SOURCES = ("service", "self_reward")
+# Batch fields the loop can fill before advantages (Algorithm.needs): the
+# reference's log-probs, the sampling policy's log-probs, the critic's values,
+# and the sampling policy's entropy (for a token filter).
+BATCH_FIELDS = ("ref_logprobs", "old_logprobs", "values", "entropy")
 
 
 @dataclass(frozen=True)
@@ -78,41 +87,73 @@ def plain_batch(prompts: list[Prompt], step: int, n: int) -> PromptBatch:
     return PromptBatch.plain(prompts, n, first_group=step * len(prompts))
 
 
+def keep_all(scored: ScoredRollouts) -> torch.Tensor:
+    """Default group filter: every row stays ([B] bool)."""
+    return torch.ones(len(scored.rollouts), dtype=torch.bool)
+
+
+def no_extra_rows(scored: ScoredRollouts, prompts: PromptBatch, step: int) -> ScoredRollouts:
+    """Default: no rows appended after scoring (CHORD appends demonstrations)."""
+    return scored
+
+
+def no_shaping(batch: TrainBatch, token_rewards: torch.Tensor
+               ) -> tuple[torch.Tensor, Mapping[str, float]]:
+    """Default: the token rewards [B, L] unchanged, no metrics."""
+    return token_rewards, {}
+
+
+def no_filter(batch: TrainBatch, entropy: torch.Tensor | None) -> TrainBatch:
+    """Default: the batch with advantages, unchanged."""
+    return batch
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage the run executes before any actor starts (Self-Rewarding PPO's SFT).
+
+    `kind` names a runner in `rlft.run.stages.STAGES`, which writes (or, on a
+    resumed run, reuses) the folder `<run folder>/<folder>`; `then` turns the
+    algorithm into the one to run, given that folder.
+    """
+
+    kind: str
+    folder: str
+    then: Callable[[Algorithm, Path], Algorithm]
+
+
 @dataclass(frozen=True)
 class Algorithm:
     name: str
     advantage: str  # name in rlft.algos.base.ADVANTAGES
     adv_params: AdvantageParams
     terms: Callable[[int], tuple[LossTermSpec, ...]]  # step -> terms (weights may follow schedules)
-    needs_ref: bool = False  # the learner keeps a frozen reference model
+    # Batch fields (BATCH_FIELDS) the loop fills before advantages; the learner
+    # keeps a frozen reference model when "ref_logprobs" is among them.
+    needs: frozenset[str] = frozenset()
     min_group_size: int = 1  # smallest rollout.n the estimator can use
     make_batch: Callable[[list[Prompt], int, int], PromptBatch] = plain_batch
     step_metrics: Callable[[int], Mapping[str, float]] = lambda step: {}
-    # DAPO dynamic sampling: drop groups whose rewards are all equal (they have
-    # zero advantage) and draw up to `filter_rounds` prompt batches per step to
-    # refill the step's number of groups.
-    filter_groups: bool = False
+    # Scored round -> [B] bool rows to keep; up to `filter_rounds` prompt
+    # batches are drawn per step to refill the first round's number of groups
+    # (DAPO dynamic sampling keeps groups whose rewards differ).
+    keep_groups: Callable[[ScoredRollouts], torch.Tensor] = keep_all
     filter_rounds: int = 1
-    # (the step's first PromptBatch, step) -> demonstration rows (`expert`
-    # True) the controller appends after scoring; their policy_version is
-    # stamped by the controller. None: no demonstration rows.
-    expert_rows: Callable[[PromptBatch, int], Rollouts] | None = None
-    # (TrainBatch with advantages, current policy's entropy [B, L]) -> the batch
-    # with narrowed masks, e.g. Prefix-RFT's top-entropy prefix tokens. The
-    # controller computes the entropy (one no-grad pass) only when this is set.
-    token_filter: Callable[[TrainBatch, torch.Tensor], TrainBatch] | None = None
-    # A critic (workers/critic.py): the controller asks it for `values` before
-    # advantages and, after the policy update, has it fit `returns` with the
-    # value loss terms `critic_terms` (PPO).
-    needs_critic: bool = False
+    # (scored rollouts, the step's first PromptBatch, step) -> scored rollouts
+    # with rows appended, e.g. CHORD's demonstration rows (`expert` True).
+    add_rows: Callable[[ScoredRollouts, PromptBatch, int], ScoredRollouts] = no_extra_rows
+    # (TrainBatch with advantages, the sampling policy's entropy [B, L] when
+    # "entropy" is needed) -> the batch with narrowed masks, e.g. Prefix-RFT's
+    # top-entropy prefix tokens.
+    token_filter: Callable[[TrainBatch, torch.Tensor | None], TrainBatch] = no_filter
+    # The critic's loss terms (workers/critic.py). Non-empty: a critic is built;
+    # it gives `values` ("values" in needs) and, after the policy update, fits
+    # `returns` (PPO).
     critic_terms: tuple[LossTermSpec, ...] = ()
-    # The controller fills `old_logprobs` with the current policy's log-probs
-    # (one no-grad pass) before advantages, e.g. for a KL penalty in the reward.
-    needs_old_logprobs: bool = False
     # (TrainBatch before advantages, token rewards [B, L]) -> (token rewards,
     # metrics): per-token reward terms, e.g. PPO's KL penalty in the reward.
     shape_rewards: Callable[[TrainBatch, torch.Tensor],
-                            tuple[torch.Tensor, Mapping[str, float]]] | None = None
+                            tuple[torch.Tensor, Mapping[str, float]]] = no_shaping
     # Who scores rollouts: "service" (the RewardService over reward.terms) or
     # "self_reward" (workers/self_reward.py, log pi_sft - log pi_base), built
     # with `reward_args` as keyword arguments.
@@ -120,9 +161,8 @@ class Algorithm:
     reward_args: Mapping[str, Any] = field(default_factory=dict)
     # The model the policy, rollout workers and critic start from; None: model.name.
     policy_model: str | None = None
-    # (run folder) -> the spec to run. Called once, before any actor starts, for
-    # a stage the algorithm needs first (Self-Rewarding PPO's SFT model).
-    prepare: Callable[[Path], Algorithm] | None = None
+    # Stages run in order before any actor starts (rlft/run/stages.py).
+    stages: tuple[Stage, ...] = ()
 
     def __post_init__(self) -> None:
         if self.filter_rounds < 1:
@@ -130,49 +170,11 @@ class Algorithm:
         if self.reward_source not in REWARD_SOURCES:
             raise ValueError(f"Algorithm.reward_source must be one of {', '.join(REWARD_SOURCES)}; "
                              f"got {self.reward_source!r}")
-        if self.needs_critic and not self.critic_terms:
-            raise ValueError(f"Algorithm {self.name!r} needs a critic but gives no critic_terms "
-                             f"(e.g. LossTermSpec('value_clip', 1.0))")
-
-
-ALGORITHMS: Registry[Callable[[Any], Algorithm]] = Registry("algorithm")
-
-
-class Demonstrations:
-    """A row's `demonstration` as response token ids (EOS last), for specs that
-    train on or prefix with demonstrations. The tokenizer loads on first use,
-    so building the spec (config validation) stays cheap."""
-
-    def __init__(self, model_name: str) -> None:
-        self.model_name = model_name
-        self._tok: Any = None
-        self._ids: dict[str, tuple[int, ...]] = {}
-
-    def ids(self, prompt: Prompt) -> tuple[int, ...]:
-        if prompt.uid not in self._ids:
-            from rlft.data import demonstration_ids
-            from rlft.models import load_tokenizer
-
-            if self._tok is None:
-                self._tok = load_tokenizer(self.model_name)
-            self._ids[prompt.uid] = demonstration_ids(prompt, self._tok)
-        return self._ids[prompt.uid]
-
-
-def build_algorithm(cfg: Any) -> Algorithm:
-    """Resolve `cfg.algo.name` and check the run can use it."""
-    from rlft.algos import (  # noqa: F401  (registration)
-        chord,
-        grpo,
-        ppo,
-        prefix_rft,
-        self_rewarding,
-    )
-
-    algo = ALGORITHMS.get(cfg.algo.name)(cfg)
-    if cfg.rollout.n < algo.min_group_size:
-        raise ValueError(
-            f"rollout.n={cfg.rollout.n} is too small for {algo.name} with the {algo.advantage} "
-            f"estimator: set rollout.n >= {algo.min_group_size} (a group needs a baseline)"
-        )
-    return algo
+        unknown = set(self.needs) - set(BATCH_FIELDS)
+        if unknown:
+            raise ValueError(f"Algorithm.needs: {sorted(unknown)} are not batch fields; choose "
+                             f"from {', '.join(BATCH_FIELDS)}")
+        if ("values" in self.needs) != bool(self.critic_terms):
+            raise ValueError(f"Algorithm {self.name!r}: values come from a critic, so "
+                             f"'values' in needs and critic_terms (e.g. "
+                             f"LossTermSpec('value_clip', 1.0)) go together")

@@ -1,0 +1,1 @@
+"""CLI commands beside `rlft train`: sft, eval, export, reward check."""

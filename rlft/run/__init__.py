@@ -1,0 +1,2 @@
+"""A run: wiring actors from the config, the weight push, pre-training stages,
+the run folder, checkpoints and metric sinks."""
