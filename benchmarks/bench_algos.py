@@ -53,7 +53,7 @@ def grpo_loop(rewards: torch.Tensor, mask: torch.Tensor, group_id: torch.Tensor,
 
 
 def bench_grpo() -> list[tuple[str, str]]:
-    # One thread: these are small latency-bound ops (the controller's advantage
+    # One thread: these are small latency-bound ops (the training loop's advantage
     # stage), and on a shared 2-core machine OpenMP barriers would dominate.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

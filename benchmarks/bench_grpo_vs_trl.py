@@ -8,7 +8,7 @@ Both sides sample P prompts x G completions of up to --new-tokens tokens
 (a random model rarely samples EOS, so rows run to the limit), temperature 1,
 one optimizer step per batch, no KL term, bf16 compute with fp32 master weights.
 
-Ours, stage by stage (rlft's own pieces, as the controller calls them):
+Ours, stage by stage (rlft's own pieces, as the training loop calls them):
   rollout   HFEngine.generate (bf16 engine on the same GPU), less its scoring pass
   logprobs  the engine's scoring pass (rollout log-probs, one forward)
   reward    RewardService.score (in-process)
@@ -47,8 +47,8 @@ from bench_weight_sync import (  # noqa: E402
     synthetic_tokenizer,
 )
 
-from rlft.algos.spec import build_algorithm  # noqa: E402
-from rlft.batching import collate, with_advantages  # noqa: E402
+from rlft.algos.catalogue import build_algorithm  # noqa: E402
+from rlft.batch.collate import collate, with_advantages  # noqa: E402
 from rlft.config import Config  # noqa: E402
 from rlft.rewards.base import RewardTerm  # noqa: E402
 from rlft.types import Prompt, PromptBatch  # noqa: E402

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from rlft.data import load_rows
+from rlft.data.sources import load_rows
 from rlft.rewards.base import RewardTerm, load_term
 from rlft.types import Prompt, Rollouts
 from rlft.workers.reward import RewardService

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_transport.py [--repeat 5] [key=value ...]
 
 The default config (SmolLM2-135M-Instruct, vLLM engine where it imports), one
-`Trainer` per `rollout.weight_transport` (ray, then broadcast: gloo on CPU,
+`TrainingLoop` per `rollout.weight_transport` (ray, then broadcast: gloo on CPU,
 NCCL on GPUs), each timing `--repeat` full syncs after one training step (its
 sync is the warm-up); the engine's log-probs of a batch sampled afterwards are
 compared with the learner's (max difference printed: ~1e-5 = same weights). Prints the median seconds per sync and broadcast / ray.
@@ -18,16 +18,16 @@ import time
 
 import ray
 
-from rlft.batching import collate
+from rlft.batch.collate import collate
 from rlft.config import load_config
-from rlft.controller import Trainer
+from rlft.loop import TrainingLoop
 
 
 def measure(overrides: list[str], transport: str, repeat: int) -> tuple[list[float], float]:
     """Seconds of each sync, and max |engine - learner| log-prob on a fresh batch."""
     cfg = load_config(None, ["logging.run_dir=runs/bench", "logging.loggers=[jsonl]",
                              f"rollout.weight_transport={transport}", *overrides])
-    trainer = Trainer(cfg)
+    trainer = TrainingLoop(cfg)
     try:
         trainer.train_step()  # moves the weights (so the check below means something), and
         # warms up: the step's own sync makes the first-use allocations on both sides

@@ -27,17 +27,17 @@ import sys
 import time
 from pathlib import Path
 
-from rlft.build import build_prompts_for
+from rlft.commands.evaluate import evaluate, spec_from
 from rlft.config import load_config
-from rlft.controller import Trainer
-from rlft.evaluate import evaluate, spec_from
+from rlft.loop import TrainingLoop
 from rlft.rewards.base import RewardTerm
+from rlft.run.wiring import build_prompts_for
 from rlft.workers.reward import RewardService
 
 PROBE = ["data.source=builtin:json_extract"]
 
 
-def held_out(trainer: Trainer, prompts, probe_prompts, probe_service) -> dict[str, float]:
+def held_out(trainer: TrainingLoop, prompts, probe_prompts, probe_service) -> dict[str, float]:
     """Held-out and probe figures for the trainer's current weights."""
     spec = spec_from(trainer.cfg)
 
@@ -58,7 +58,7 @@ def run(algo: str, overrides: list[str], steps: int, limit: int, out: Path,
     prompts = build_prompts_for(cfg, cfg.data.eval_split)[0].prompts[:limit]
     probe_cfg = load_config(None, [*overrides, *PROBE])
     probe_prompts = build_prompts_for(probe_cfg, probe_cfg.data.eval_split)[0].prompts[:limit]
-    trainer = Trainer(cfg)
+    trainer = TrainingLoop(cfg)
     try:
         if base is None:  # every run starts from these weights: measure them once
             base = held_out(trainer, prompts, probe_prompts, probe_service)

@@ -13,7 +13,7 @@ import sys
 import time
 
 from rlft.config import load_config
-from rlft.controller import Trainer
+from rlft.loop import TrainingLoop
 from rlft.models import resolve_model
 
 
@@ -22,7 +22,7 @@ def main(overrides: list[str]) -> int:
     t0 = time.perf_counter()
     resolve_model(cfg.model.name)  # one-time GGUF conversion, cached
     t_model = time.perf_counter() - t0
-    trainer = Trainer(cfg)
+    trainer = TrainingLoop(cfg)
     try:
         history = trainer.train()
     finally:

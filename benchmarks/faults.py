@@ -44,7 +44,7 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 
 from rlft.config import ConfigError, load_config  # noqa: E402
-from rlft.controller import Trainer  # noqa: E402
+from rlft.loop import TrainingLoop  # noqa: E402
 from rlft.models import resolve_model  # noqa: E402
 
 
@@ -104,17 +104,17 @@ def _overrides(work: Path, name: str, steps: int, every: int = 0) -> list[str]:
             "logging.loggers=[jsonl]", "ray.num_cpus=2"]
 
 
-def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+def _weights(trainer: TrainingLoop) -> dict[str, torch.Tensor]:
     return ray.get([lrn.full_state.remote() for lrn in trainer.pools.learners])[0]
 
 
 def actor_faults(work: Path) -> list[Row]:
-    ref = Trainer(load_config(None, _overrides(work, "ref", 4)))
+    ref = TrainingLoop(load_config(None, _overrides(work, "ref", 4)))
     want = [ref.train_step().reward_mean for _ in range(4)]
     want_w = _weights(ref)
     ref.close()
 
-    t = Trainer(load_config(None, _overrides(work, "actors", 4)))
+    t = TrainingLoop(load_config(None, _overrides(work, "actors", 4)))
     got = [t.train_step().reward_mean]
     pid = fh.actor_pid(t.pools.rollout[0])
     rollout_kill = fh.KillWhen(fh.when_busy(pid))
@@ -136,7 +136,7 @@ def actor_faults(work: Path) -> list[Row]:
     metrics = work / "learner" / "metrics.jsonl"
     found: dict = {}
     cfg = load_config(None, _overrides(work, "learner", 6, every=1))
-    t = Trainer(cfg)
+    t = TrainingLoop(cfg)
     killer = fh.KillWhen(fh.learner_once_logged(metrics, 3, found), timeout=300)
     try:
         t.train()
@@ -147,7 +147,7 @@ def actor_faults(work: Path) -> list[Row]:
         t.close()
     killer.join()
     done = len(fh.metrics_by_step(metrics.parent))
-    resumed = Trainer(cfg, resume="auto")
+    resumed = TrainingLoop(cfg, resume="auto")
     start = resumed.step
     resumed.train()
     resumed.close()
@@ -261,7 +261,7 @@ def bad_input(work: Path) -> list[Row]:
     for extra in cases:
         ray.shutdown()
         try:
-            Trainer(load_config(None, base + extra)).close()
+            TrainingLoop(load_config(None, base + extra)).close()
         except (ConfigError, ValueError, FileNotFoundError):
             early += int(not ray.is_initialized())
     return [Row("bad config / data / reward file", len(cases), 0, 0, len(cases) - early,

@@ -164,9 +164,10 @@ class Recording(TrainingLoop):
         super().__init__(cfg)
         self.batches = []
 
-    def update(self, batch, terms):
-        self.batches.append(batch)
-        return super().update(batch, terms)
+    def update(self, role, batch):
+        if role.name == "policy":
+            self.batches.append(batch)
+        return super().update(role, batch)
 
 
 def _whiten(x, mask):
