@@ -68,7 +68,7 @@ class LearnerParams:
     max_grad_norm: float = 1.0  # <= 0: no clipping (the norm is still reported)
     # Real tokens per micro-batch with packing, rows x longest row without.
     micro_batch_tokens: int = 4096
-    packing: bool = False  # rows back to back without padding (rlft/packing.py)
+    packing: bool = False  # rows back to back without padding (rlft/learner/packing.py)
     compile: bool = False  # torch.compile each decoder layer's forward
     logprob_chunk: int = 1024  # tokens per lm_head chunk (peak memory ~ chunk x V floats)
     grad_checkpointing: bool = False

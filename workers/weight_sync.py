@@ -268,7 +268,7 @@ class BroadcastSender:
     Wiring (rollout.weight_transport=broadcast): `Learner.init_sync_group`
     builds `BroadcastSender(GROUPS.get(backend)(host, port, 0, world))` on rank
     0; `Learner.stage_weights` gathers on every rank (`named_weights` is
-    collective) and stages on rank 0; the driver (rlft/sync.py) then runs
+    collective) and stages on rank 0; the driver (rlft/run/weight_push.py) then runs
     `Learner.send_weights` and every worker's `load_weights(update)` together.
     """
 

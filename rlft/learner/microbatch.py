@@ -87,7 +87,7 @@ def plan_micro_batches(lengths: list[int], token_budget: int, packed: bool = Fal
     micro-batch to its own longest row removes most padding. A row longer than
     the budget goes alone (rows are never split). `packed`: the model runs the
     rows without padding, so the budget caps their real tokens instead
-    (`rlft.packing.pack_rows`).
+    (`rlft.learner.packing.pack_rows`).
     """
     if token_budget < 1:
         raise ValueError(f"micro_batch_tokens must be >= 1; got {token_budget}")

@@ -4,7 +4,7 @@ wandb runs online when a key is configured (WANDB_API_KEY or `wandb login`),
 offline otherwise; WANDB_MODE, when set, wins. Keys never reach a sink: the
 run config is scrubbed of secret-named fields and of any secret environment
 value before wandb or TensorBoard records it. The config carries the run's
-provenance (git commit, package versions) from rlft/runs.py.
+provenance (git commit, package versions) from rlft/run/folder.py.
 """
 
 from __future__ import annotations

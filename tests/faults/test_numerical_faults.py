@@ -75,3 +75,27 @@ def test_k_nonfinite_updates_in_a_row_abort_naming_the_setting(tiny_model_path):
     with pytest.raises(NonFiniteError, match=r"2 non-finite updates in a row.*"
                                              r"train\.max_nonfinite_steps"):
         _run(tiny_model_path, plan, max_nonfinite_steps=2)
+
+
+def test_the_critic_skips_then_aborts_like_the_learner(tiny_model_path, caplog):
+    """One loss driver: the critic's non-finite guard is the learner's (skip with a
+    warning, optimizer untouched, NonFiniteError after K in a row)."""
+    from rlft.workers.critic import Critic, CriticParams
+
+    value = [LossTermSpec("value_clip", 1.0, "all", params={"clip": 0.2})]
+    good = _batch(0).with_(returns=torch.ones(4, 12), values=torch.zeros(4, 12))
+    bad = good.with_(returns=torch.where(good.response_mask, math.nan, 0.0))
+    critic = Critic(tiny_model_path, CriticParams(lr=1e-3, max_nonfinite_steps=2))
+    try:
+        with caplog.at_level(logging.WARNING, logger="rlft.learner"):
+            assert not critic.update(good, value).skipped and critic.steps == 1
+            stats = critic.update(bad, value)
+        assert stats.skipped and critic.steps == 1
+        assert "critic: non-finite loss" in caplog.text and "(1 in a row, limit 2)" in caplog.text
+        assert not critic.update(good, value).skipped  # a good update resets the count
+        critic.update(bad, value)
+        with pytest.raises(NonFiniteError, match=r"critic: 2 non-finite updates in a row.*"
+                                                 r"algo\.ppo\.critic_lr.*max_nonfinite_steps"):
+            critic.update(bad, value)
+    finally:
+        critic.shutdown()

@@ -37,6 +37,6 @@ def test_a_run_with_wandb_and_tensorboard_never_leaks_the_key(tmp_path, tiny_mod
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     offline = list((run / "wandb").glob("offline-run-*"))
     assert offline, f"no offline wandb run under {run / 'wandb'}"
-    # The run config wandb recorded (in its offline log) carries rlft/runs.py's provenance.
+    # The run config wandb recorded (in its offline log) carries rlft/run/folder.py's provenance.
     record = next(offline[0].glob("*.wandb")).read_bytes()
     assert b"git_commit" in record and b"transformers" in record and b"max_new_tokens" in record

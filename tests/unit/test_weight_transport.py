@@ -1,5 +1,5 @@
 """rollout.weight_transport: how `auto` resolves and which explicit choices
-are refused before any actor starts (rlft/build.py `weight_transport`)."""
+are refused before any actor starts (rlft/run/wiring.py `weight_transport`)."""
 
 import pytest
 

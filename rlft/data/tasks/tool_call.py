@@ -2,7 +2,7 @@
 
 Every row offers the same four tools (OpenAI-style function specs in
 `tools`), so the policy must pick one and fill its arguments from the
-request. The prompt is only the user's request: `rlft.data.build_prompts`
+request. The prompt is only the user's request: `rlft.data.prompts.build_prompts`
 shows the tools to the model (through the chat template when it renders
 tools, else as a system message). The reference `answer` is the call as a
 JSON string; the `demonstration` is that call in `<tool_call>` tags. A
