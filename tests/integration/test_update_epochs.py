@@ -36,9 +36,10 @@ class Recording(TrainingLoop):
         super().__init__(cfg)
         self.full, self.updates = [], []
 
-    def update(self, batch, terms):
-        self.full.append(batch)
-        return super().update(batch, terms)
+    def update(self, role, batch):
+        if role.name == "policy":
+            self.full.append(batch)
+        return super().update(role, batch)
 
     def _update_once(self, ranks, batch, terms):
         stats = super()._update_once(ranks, batch, terms)
