@@ -133,7 +133,7 @@ class Critic:
         return world_plan(batch.attention_mask, self.p.micro_batch_tokens, False, self.device)
 
     def _cols(self, t: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
-        return t[mb.rows, :mb.cols].to(self.device)  # [b, cols]
+        return self.driver.cols(t, mb)  # [b, cols]
 
     def _forward(self, ids: torch.Tensor, am: torch.Tensor, select: torch.Tensor) -> Outputs:
         v = self.model(ids, am)  # [b, cols]
