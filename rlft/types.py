@@ -173,6 +173,7 @@ class TrainBatch:
     values: torch.Tensor | None = None  # [B, L] critic values at rollout time
     prefix_mask: torch.Tensor | None = None  # [B, L] bool, forced prefix tokens
     expert_mask: torch.Tensor | None = None  # [B] bool, demonstration rows
+    truncated: torch.Tensor | None = None  # [B] bool, cut at the length cap (finish "length")
 
     @property
     def num_tokens(self) -> int:

@@ -16,6 +16,7 @@ N ranks call it, in the same order (the lead's Ray actors do).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from rlft.algos.base import GlobalCounts
 from rlft.algos.contract import LossTermSpec
+from rlft.algos.mismatch import mismatch_means, mismatch_sums, sampled_tokens
 from rlft.learner import checkpoint as learner_ckpt
 from rlft.learner import lora
 from rlft.learner.distributed import (
@@ -71,6 +74,10 @@ class LearnerParams:
     packing: bool = False  # rows back to back without padding (rlft/learner/packing.py)
     compile: bool = False  # torch.compile each decoder layer's forward
     logprob_chunk: int = 1024  # tokens per lm_head chunk (peak memory ~ chunk x V floats)
+    # The rollout's sampling temperature: policy and reference log-probs (and
+    # entropy) are those of softmax(logits / temperature), the distribution the
+    # samples came from. Greedy rollouts (temperature 0) score at 1.
+    temperature: float = 1.0
     grad_checkpointing: bool = False
     # Compute dtype. Master weights, optimizer state and gradient reduction stay
     # fp32; "bfloat16" casts the gathered parameters (FSDP2 mixed precision).
@@ -88,6 +95,7 @@ class LearnerParams:
             (0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must be in [0, 1]"),
             (self.micro_batch_tokens >= 1, "micro_batch_tokens must be >= 1"),
             (self.logprob_chunk >= 1, "logprob_chunk must be >= 1"),
+            (self.temperature > 0, "temperature must be > 0 (pass 1.0 for greedy rollouts)"),
             (self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1"),
         ]
         for ok, message in checks:
@@ -138,14 +146,16 @@ class Learner:
         # that runs and is sharded (the adapters shard with their decoder layer).
         self.peft = lora.wrap(lm, params.lora) if params.lora.enabled else None
         self._lora_specs = lora.merge_specs(lm) if self.peft is not None else {}
-        self.policy = self._shard(PolicyLogprobs(lm, params.logprob_chunk, params.packing))
+        self.policy = self._shard(PolicyLogprobs(lm, params.logprob_chunk, params.packing,
+                                                    params.temperature))
         self.ref = None
         self._ref_is_base = self.peft is not None and ref_model is not None and (
             ref_model is model or ref_model == model)
         if ref_model is not None and not self._ref_is_base:
             ref = build_model(ref_model).eval()
             ref.requires_grad_(False)
-            self.ref = self._shard(PolicyLogprobs(ref, params.logprob_chunk, params.packing))
+            self.ref = self._shard(PolicyLogprobs(ref, params.logprob_chunk, params.packing,
+                                                      params.temperature))
         self.trainable = [p for p in self.policy.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.trainable, lr=params.lr, betas=params.betas,
                                      eps=params.eps, weight_decay=params.weight_decay,
@@ -155,7 +165,7 @@ class Learner:
         self.driver = LossDriver(
             "policy", self.policy, self._forward, self.opt, self.sched, self._plan, self.device,
             self.world, params.max_grad_norm, params.max_nonfinite_steps,
-            "lower the learning rate, check the rewards/advantages for NaN")
+            "lower the learning rate, check the rewards/advantages for NaN", self._mismatch)
 
     def _shard(self, module: PolicyLogprobs) -> PolicyLogprobs:
         """fully_shard each decoder layer, then the root (embeddings, norm, lm_head)."""
@@ -215,7 +225,23 @@ class Learner:
     def update(self, batch: TrainBatch, terms: Sequence[LossTermSpec]) -> UpdateStats:
         """One optimizer step over this rank's rows of the batch (the shared
         `LossDriver`). Collective."""
-        return self.driver.update(batch, terms)
+        stats = self.driver.update(batch, terms)
+        return dataclasses.replace(stats, metrics=mismatch_means(stats.metrics))
+
+    def _mismatch(self, batch: TrainBatch, mb: MicroBatch, out: Outputs, first: torch.Tensor,
+                  cnt: GlobalCounts) -> dict[str, torch.Tensor]:
+        """`mismatch/*` sums: the engine's log-probs against the learner's pi_old
+        (`old_logprobs` when the loop filled them, else this forward pass, which
+        is pi_old on a batch's single update), over the tokens the engine sampled."""
+        if batch.rollout_logprobs is None:
+            return {}
+        col = self.driver.cols
+        mask = sampled_tokens(col(batch.response_mask, mb),
+                              None if batch.prefix_mask is None else col(batch.prefix_mask, mb),
+                              None if batch.expert_mask is None
+                              else batch.expert_mask[mb.rows].to(self.device))
+        learner = out.logprobs if batch.old_logprobs is None else col(batch.old_logprobs, mb)
+        return mismatch_sums(col(batch.rollout_logprobs, mb), learner, mask)
 
     def _forward(self, ids: torch.Tensor, am: torch.Tensor, select: torch.Tensor) -> Outputs:
         return Outputs(*self.policy(ids, am, select))

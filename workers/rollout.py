@@ -2,9 +2,10 @@
 thin `RolloutWorker` that the placement module turns into an actor.
 
 Choices every engine makes the same way (vLLM's included):
-- Rollout log-probs are log_softmax of the model's raw logits (temperature 1,
-  before top-p) at the sampled tokens: the quantity the learner computes, so
-  the two compare token for token whatever the sampling temperature.
+- Rollout log-probs are those of the sampling distribution at the sampled
+  tokens, log_softmax(logits / temperature) (before top-p; temperature 0, i.e.
+  greedy, scores at 1): the quantity the learner computes at the rollout's
+  temperature, so the two compare token for token (`mismatch/*` metrics).
 - A response ends at the first EOS (kept: the policy must learn to stop) or
   right after the token that completes a stop string (kept, for the same
   reason); finish_reason is then "stop", else "length".
@@ -219,7 +220,8 @@ class HFEngine:
         starts = [len(batch.prompts[i].prompt_ids) for i in req]
         logps: list[list[float]] = []
         for s in range(0, len(req), self.max_batch):
-            logps += self._score(full[s:s + self.max_batch], starts[s:s + self.max_batch])
+            logps += self._score(full[s:s + self.max_batch], starts[s:s + self.max_batch],
+                                 params.temperature or 1.0)
         resp = [tuple(f[st:]) for f, st in zip(full, starts)]
         return Rollouts(
             prompt_index=tuple(req), prompts=batch.prompts,
@@ -266,9 +268,11 @@ class HFEngine:
         cuts = [cut_response(r, self.eos_ids, self.tok, params.stop) for r in new]
         return [r[:n] for r, (n, _) in zip(new, cuts)], [f for _, f in cuts]
 
-    def _score(self, rows: list[list[int]], starts: list[int]) -> list[list[float]]:
-        """log p(token t | tokens < t) for t >= start in each row, from one
-        right-padded forward pass, as the learner computes it."""
+    def _score(self, rows: list[list[int]], starts: list[int], temperature: float
+               ) -> list[list[float]]:
+        """log p(token t | tokens < t) under softmax(logits / temperature) for
+        t >= start in each row, from one right-padded forward pass, as the
+        learner computes it."""
         ids, mask = _pad(rows, self.pad_id, left=False)  # [b, L]
         ids, mask = ids.to(self.device), mask.to(self.device)
         hidden = self.model.get_decoder()(input_ids=ids,
@@ -277,7 +281,7 @@ class HFEngine:
         start = torch.tensor(starts, device=self.device)[:, None]  # [b, 1]
         select = (cols >= start) & mask.bool()  # [b, L]
         sel = select[:, 1:]  # token t is predicted at position t-1
-        lp, _ = logprobs_from_hidden(hidden[:, :-1][sel],  # [N, H]
+        lp, _ = logprobs_from_hidden(hidden[:, :-1][sel] / temperature,  # [N, H]; = logits / T
                                      self.model.get_output_embeddings().weight,
                                      ids[:, 1:][sel], self.score_chunk, with_entropy=False)
         return [chunk.tolist() for chunk in lp.cpu().split(sel.sum(1).tolist())]

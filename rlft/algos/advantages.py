@@ -17,6 +17,8 @@ Conventions shared by every estimator here:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from rlft.algos.base import ADVANTAGES, AdvantageInputs, AdvantageOutput, AdvantageParams
@@ -103,6 +105,58 @@ def rloo(x: AdvantageInputs, p: AdvantageParams) -> AdvantageOutput:
     count, total, _, _ = _group_stats(s, x.group_id, active)
     others = (total - s) / (count - 1).clamp(min=1)
     return _outcome(x, torch.where(active & (count > 1), s - others, 0.0))
+
+
+@ADVANTAGES.register("reinforce_pp_baseline")
+def reinforce_pp_baseline(x: AdvantageInputs, p: AdvantageParams) -> AdvantageOutput:
+    """REINFORCE++-baseline (Hu et al., 2025; verl's
+    `compute_reinforce_plus_plus_baseline_outcome_advantage`): the sequence
+    score (token rewards summed, a KL in the reward included) minus its group
+    mean, then whitened over the batch's response tokens. A group of one keeps
+    its raw score (mean 0), as verl does."""
+    _check(x)
+    s = _scores(x)
+    active = x.response_mask.any(-1)
+    count, _, mean, _ = _group_stats(s, x.group_id, active)
+    centred = torch.where(count > 1, s - mean, s)  # [B]
+    tokens = torch.where(x.response_mask, centred[:, None], 0.0)  # [B] -> [B, L]
+    out = _whiten(tokens, x.response_mask, p.eps)
+    return AdvantageOutput(out, out)
+
+
+@ADVANTAGES.register("prefix_rft")
+def prefix_rft(x: AdvantageInputs, p: AdvantageParams) -> AdvantageOutput:
+    """Prefix-RFT (Huang et al., 2025, arXiv 2507.01679; the authors' verl
+    recipe `prefix_rft/core_algos.py`): forced prefix tokens get their own advantage.
+
+    - Sampled tokens: the `p.base` estimator, over groups of `group_id` split
+      into prefixed and plain rows when `p.split_prefix` (a prefixed sample is
+      compared with the samples that share its prefix).
+    - Forced tokens of a prefixed row i of group g: (s_i - mean of g's plain
+      rows' scores) / k_g, k_g the prefixed rows of g (they share one prefix).
+      The shared prefix thus gets the push mean(prefixed) - mean(plain): up
+      when continuing the demonstration beats the policy's own samples, down
+      when it does worse. Without plain rows in g it gets 0.
+
+    Unlike the recipe, a prefixed group of one gives its sampled tokens 0 (the
+    convention of every estimator here), not its raw score.
+    """
+    _check(x)
+    if p.base in ("prefix_rft", "gae"):
+        raise ValueError(f"prefix_rft's base estimator must be critic-free and not itself; "
+                         f"got {p.base!r} (choose grpo, dr_grpo, rloo, reinforce_pp)")
+    forced = x.response_mask & (x.prefix_mask.bool() if x.prefix_mask is not None
+                                else torch.zeros_like(x.response_mask))  # [B, L]
+    has = forced.any(-1)  # [B]
+    groups = x.group_id * 2 + has.long() if p.split_prefix else x.group_id
+    out = ADVANTAGES.get(p.base)(replace(x, group_id=groups), p)
+    s = _scores(x)
+    active = x.response_mask.any(-1)
+    n_plain, _, plain_mean, _ = _group_stats(s, x.group_id, active & ~has)
+    n_prefixed, _, _, _ = _group_stats(s, x.group_id, active & has)
+    adv = torch.where(has & (n_plain > 0), (s - plain_mean) / n_prefixed.clamp(min=1), 0.0)
+    return AdvantageOutput(torch.where(forced, adv[:, None], out.advantages),  # [B] -> [B, L]
+                           torch.where(forced, adv[:, None], out.returns))
 
 
 def _reverse_scan(x: torch.Tensor, mask: torch.Tensor, factor: float) -> torch.Tensor:

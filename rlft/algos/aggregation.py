@@ -7,6 +7,11 @@ whole-batch loss, so gradients do not depend on how the batch was split
 (prime-rl's rule). The only per-row normaliser (`seq_mean_token_mean`) is a
 row's own token count, which no split can change.
 
+Terms that split one token set (Prefix-RFT's prefix and sampled PPO terms)
+pass `norm_mask`, the joint set: counts come from it already, and
+`seq_mean_token_mean` divides each row by its joint token count, so the terms
+sum to the joint per-row mean (not to a sum of per-term row means).
+
 Masked positions are selected with `torch.where`, not multiplied by the mask,
 so a non-finite value at a prompt or padding position cannot leak in as NaN.
 """
@@ -20,7 +25,9 @@ import torch
 from rlft.algos.base import GlobalCounts
 from rlft.registry import Registry
 
-AggFn = Callable[[torch.Tensor, torch.Tensor, GlobalCounts, "float | None"], torch.Tensor]
+# (loss, mask, counts, norm_const, norm_mask) -> scalar
+AggFn = Callable[[torch.Tensor, torch.Tensor, GlobalCounts, "float | None",
+                  "torch.Tensor | None"], torch.Tensor]
 AGGREGATIONS: Registry[AggFn] = Registry("loss aggregation")
 
 
@@ -30,30 +37,36 @@ def _masked(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @AGGREGATIONS.register("token_mean")
 def token_mean(loss: torch.Tensor, mask: torch.Tensor, counts: GlobalCounts,
-               norm_const: float | None = None) -> torch.Tensor:
+               norm_const: float | None = None, norm_mask: torch.Tensor | None = None
+               ) -> torch.Tensor:
     """Every token of the step weighs the same: sum / total tokens."""
     return _masked(loss, mask).sum() / max(counts.tokens, 1)
 
 
 @AGGREGATIONS.register("seq_mean_token_sum")
 def seq_mean_token_sum(loss: torch.Tensor, mask: torch.Tensor, counts: GlobalCounts,
-                       norm_const: float | None = None) -> torch.Tensor:
+                       norm_const: float | None = None, norm_mask: torch.Tensor | None = None
+                       ) -> torch.Tensor:
     """Sum over each row's tokens, mean over the step's rows."""
     return _masked(loss, mask).sum() / max(counts.seqs, 1)
 
 
 @AGGREGATIONS.register("seq_mean_token_mean")
 def seq_mean_token_mean(loss: torch.Tensor, mask: torch.Tensor, counts: GlobalCounts,
-                        norm_const: float | None = None) -> torch.Tensor:
-    """Mean over each row's tokens, mean over the step's rows (original GRPO)."""
+                        norm_const: float | None = None, norm_mask: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+    """Mean over each row's tokens, mean over the step's rows (original GRPO);
+    each row divided by its `norm_mask` tokens when given (a split term)."""
     # A row's own token count is local to the row, so splitting rows is safe.
-    per_seq = _masked(loss, mask).sum(-1) / mask.sum(-1).clamp(min=1)  # [B, L] -> [B]
+    row_tokens = (mask if norm_mask is None else norm_mask).sum(-1).clamp(min=1)  # [B]
+    per_seq = _masked(loss, mask).sum(-1) / row_tokens  # [B, L] -> [B]
     return per_seq.sum() / max(counts.seqs, 1)
 
 
 @AGGREGATIONS.register("seq_mean_token_sum_norm")
 def seq_mean_token_sum_norm(loss: torch.Tensor, mask: torch.Tensor, counts: GlobalCounts,
-                            norm_const: float | None = None) -> torch.Tensor:
+                            norm_const: float | None = None,
+                            norm_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Dr.GRPO: sum / (rows * a constant), the constant being the max response length."""
     if norm_const is None or norm_const <= 0:
         raise ValueError(f"seq_mean_token_sum_norm needs norm_const > 0 (the max response "
@@ -62,16 +75,23 @@ def seq_mean_token_sum_norm(loss: torch.Tensor, mask: torch.Tensor, counts: Glob
 
 
 def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str, counts: GlobalCounts,
-              norm_const: float | None = None) -> torch.Tensor:
+              norm_const: float | None = None, norm_mask: torch.Tensor | None = None
+              ) -> torch.Tensor:
     """Reduce a per-token loss [B, L] to this shard's share of the step's scalar loss.
 
     `counts` are the step-wide totals for this term (`count` per shard, summed
     over micro-batches and ranks); `mode` names an entry of AGGREGATIONS.
+    `norm_mask` ([B, L], a superset of `mask`): the joint token set of a split
+    term, whose counts `counts` are.
     """
     if loss.shape != mask.shape:
         raise ValueError(f"aggregate: loss shape {tuple(loss.shape)} must equal mask shape "
                          f"{tuple(mask.shape)}")
-    return AGGREGATIONS.get(mode)(loss, mask.bool(), counts, norm_const)
+    if norm_mask is not None and norm_mask.shape != mask.shape:
+        raise ValueError(f"aggregate: norm_mask shape {tuple(norm_mask.shape)} must equal mask "
+                         f"shape {tuple(mask.shape)}")
+    return AGGREGATIONS.get(mode)(loss, mask.bool(), counts, norm_const,
+                                  None if norm_mask is None else norm_mask.bool())
 
 
 def count(mask: torch.Tensor) -> GlobalCounts:

@@ -22,6 +22,7 @@ class AdvantageInputs:
     response_mask: torch.Tensor  # [B, L] bool
     group_id: torch.Tensor  # [B] long; equal ids share a baseline, wherever they sit
     values: torch.Tensor | None = None  # [B, L] critic values (GAE only)
+    prefix_mask: torch.Tensor | None = None  # [B, L] bool forced prefix tokens (prefix_rft only)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,10 @@ class AdvantageParams:
     eps: float = 1e-6  # std floor for group / batch normalisation
     gamma: float = 1.0  # discount (gae, reinforce_pp returns)
     lam: float = 1.0  # GAE lambda
+    # prefix_rft only: the estimator of the sampled tokens, and whether prefixed
+    # and plain rows of a group are separate groups for it.
+    base: str = "dr_grpo"
+    split_prefix: bool = True
 
 
 @dataclass(frozen=True)

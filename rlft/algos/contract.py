@@ -44,7 +44,9 @@ class LossTermSpec:
     `norm_tokens="all"` normalises the term by the counts of all its rows'
     tokens instead of its own, so two terms that split one token set (e.g.
     prefix and sampled tokens with different clip ranges) sum to one joint
-    mean: exact for token_mean, seq_mean_token_sum and seq_mean_token_sum_norm.
+    mean, for every aggregation (seq_mean_token_mean divides each row by its
+    joint token count). A term's metrics (clip_frac, ...) stay means over its
+    own tokens.
     """
 
     loss: str  # name in rlft.algos.base.LOSSES

@@ -1,40 +1,66 @@
 """GRPO: group-relative advantages, PPO-clip surrogate, optional KL and entropy.
 
 Variants are options, not new code paths: `algo.advantage=dr_grpo|rloo|
-reinforce_pp`, `algo.loss_agg=seq_mean_token_sum_norm` (Dr.GRPO), DAPO's
-clip-higher via `algo.clip_high=0.28` and its dynamic sampling via
-`algo.filter_groups=true` (groups whose rewards are all equal are dropped and,
-with `algo.filter_rounds > 1`, refilled from more prompts).
+reinforce_pp|reinforce_pp_baseline`, `algo.loss_agg=seq_mean_token_sum_norm`
+(Dr.GRPO), the KL as a loss term or in the reward (`algo.kl_in_reward`,
+REINFORCE++'s form). DAPO (launch/configs/dapo.yaml) is GRPO with clip-higher
+(`algo.clip_high=0.28`, binding only with train.epochs x train.minibatches > 1),
+dynamic sampling (`algo.filter_groups=true`: groups whose rewards are all equal
+are dropped and, with `algo.filter_rounds > 1`, refilled from more prompts),
+the soft overlong punishment (`algo.overlong_buffer`) and overlong filtering
+(`algo.filter_truncated`).
 
-`policy_terms` and `common` are shared with the specs that extend GRPO
-(CHORD, Prefix-RFT).
+`policy_terms`, `ppo_params` and `common` are shared with the specs that
+extend GRPO (CHORD, Prefix-RFT); `reward_shaping` with PPO.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from rlft.algos.base import AdvantageParams
-from rlft.algos.contract import Algorithm, LossTermSpec, keep_all
+from rlft.algos.contract import Algorithm, LossTermSpec, keep_all, no_filter, no_shaping
+from rlft.algos.shaping import compose, drop_truncated, kl_in_reward, overlong_penalty
 from rlft.batch.groups import varied_groups
+
+# Estimators whose baseline is a group mean: they need two samples per prompt.
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "prefix_rft")
+
+
+def ppo_params(cfg: Any, clip_low: float, clip_high: float) -> dict[str, Any]:
+    """ppo_clip's keyword arguments: the clip range, dual-clip, rollout correction."""
+    a = cfg.algo
+    params: dict[str, Any] = {"clip_low": clip_low, "clip_high": clip_high,
+                              "dual_clip": a.dual_clip}
+    c = a.rollout_is
+    if c.mode != "none":
+        params.update(rollout_is=c.mode, rollout_is_level=c.level, rollout_is_cap=c.cap,
+                      rollout_is_low=c.low, rollout_is_high=c.high)
+    return params
+
+
+def kl_in_reward_on(cfg: Any) -> bool:
+    a = cfg.algo
+    return a.kl_coef > 0 and (a.kl_in_reward or a.ppo.kl_in_reward)
 
 
 def policy_terms(cfg: Any, scale: float = 1.0, ppo: tuple[LossTermSpec, ...] | None = None
                  ) -> tuple[LossTermSpec, ...]:
     """GRPO's terms on sampled rows, every weight times `scale`.
 
-    `ppo` replaces the single PPO-clip term (Prefix-RFT splits it by token kind).
+    `ppo` replaces the single PPO-clip term (Prefix-RFT splits it by token
+    kind). The KL is a loss term unless it is in the reward.
     """
     a = cfg.algo
     # Dr.GRPO's constant normaliser is the longest response the run allows.
     norm = norm_const(cfg)
     terms = list(ppo) if ppo is not None else [
         LossTermSpec("ppo_clip", 1.0, "policy", a.loss_agg, norm_const=norm,
-                     params={"clip_low": a.clip_low, "clip_high": a.clip_high,
-                             "dual_clip": a.dual_clip}),
+                     params=ppo_params(cfg, a.clip_low, a.clip_high)),
     ]
-    if a.kl_coef > 0:
+    if a.kl_coef > 0 and not kl_in_reward_on(cfg):
         terms.append(LossTermSpec("kl", a.kl_coef, "policy", a.loss_agg, norm_const=norm,
                                   params={"estimator": a.kl_estimator}))
     if a.entropy_coef > 0:
@@ -51,15 +77,37 @@ def _scaled(term: LossTermSpec, scale: float) -> LossTermSpec:
     return term if scale == 1.0 else replace(term, weight=term.weight * scale)
 
 
-def common(cfg: Any) -> dict[str, Any]:
+def reward_shaping(cfg: Any) -> dict[str, Any]:
+    """`shape_rewards` (KL in the reward, DAPO's overlong punishment) and the
+    batch fields it needs; `token_filter` for DAPO's overlong filtering."""
+    a = cfg.algo
+    shapers, needs = [], set()
+    if kl_in_reward_on(cfg):
+        shapers.append(partial(kl_in_reward, coef=a.kl_coef, estimator=a.kl_reward_estimator))
+        needs = {"old_logprobs", "ref_logprobs"}
+    if a.overlong_buffer > 0:
+        if a.overlong_buffer > cfg.rollout.max_new_tokens:
+            raise ValueError(f"algo.overlong_buffer={a.overlong_buffer} exceeds "
+                             f"rollout.max_new_tokens={cfg.rollout.max_new_tokens}: the buffer "
+                             f"is the last part of the allowed length; lower it")
+        shapers.append(partial(overlong_penalty, max_len=cfg.rollout.max_new_tokens,
+                               buffer=a.overlong_buffer, penalty=a.overlong_penalty))
+    shape = no_shaping if not shapers else shapers[0] if len(shapers) == 1 else compose(shapers)
+    return dict(shape_rewards=shape, needs=frozenset(needs),
+                token_filter=drop_truncated if a.filter_truncated else no_filter)
+
+
+def common(cfg: Any, default_advantage: str = "grpo") -> dict[str, Any]:
     """Algorithm fields every GRPO-family spec takes from `cfg.algo` unchanged."""
     a = cfg.algo
-    advantage = a.advantage or "grpo"
+    advantage = a.advantage or default_advantage
+    shaping = reward_shaping(cfg)
+    needs = shaping.pop("needs") | ({"ref_logprobs"} if a.kl_coef > 0 else set())
     return dict(advantage=advantage, adv_params=AdvantageParams(eps=a.eps, gamma=a.gamma, lam=a.lam),
-                needs=frozenset({"ref_logprobs"} if a.kl_coef > 0 else ()),
-                min_group_size=1 if advantage == "reinforce_pp" else 2,
+                needs=frozenset(needs),
+                min_group_size=2 if advantage in GROUP_ESTIMATORS else 1,
                 keep_groups=varied_groups if a.filter_groups else keep_all,
-                filter_rounds=a.filter_rounds)
+                filter_rounds=a.filter_rounds, **shaping)
 
 
 def build(cfg: Any) -> Algorithm:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from rlft.algos.base import LOSSES, LossInputs, LossOutput
+from rlft.algos.mismatch import rollout_is_weights
 
 
 def _need(x: LossInputs, name: str, term: str, why: str) -> torch.Tensor:
@@ -20,7 +21,10 @@ def _need(x: LossInputs, name: str, term: str, why: str) -> torch.Tensor:
 
 @LOSSES.register("ppo_clip")
 def ppo_clip(x: LossInputs, clip_low: float = 0.2, clip_high: float = 0.2,
-             dual_clip: float | None = None, log_ratio_clamp: float = 20.0) -> LossOutput:
+             dual_clip: float | None = None, log_ratio_clamp: float = 20.0,
+             rollout_is: str = "none", rollout_is_level: str = "token",
+             rollout_is_cap: float = 2.0, rollout_is_low: float = 0.5,
+             rollout_is_high: float = 2.0) -> LossOutput:
     """Clipped surrogate with clip-higher (eps_low != eps_high) and dual-clip.
 
     loss = max(-A*r, -A*clip(r, 1-eps_low, 1+eps_high)); with dual-clip c > 1,
@@ -30,9 +34,20 @@ def ppo_clip(x: LossInputs, clip_low: float = 0.2, clip_high: float = 0.2,
     plain policy gradient. The log-ratio is clamped before `exp` so a stale or
     masked position cannot overflow to inf.
 
+    The ratio is 1 at the start of each batch's first update: the clip ranges
+    (clip-higher included) only bind from the second update on the same batch
+    (train.epochs x train.minibatches > 1); the dual clip binds at once.
+
+    Rollout correction (`rollout_is` "tis" or "mis", see rlft/algos/mismatch.py):
+    each sampled token's loss is multiplied by the detached weight built from
+    pi_old / pi_rollout (`rollout_logprobs`), per token or per sequence
+    (`rollout_is_level`); forced prefix tokens keep weight 1. A token MIS drops
+    keeps its place in the normaliser (its loss is 0).
+
     Metrics: `clip_frac` (1 where clipping zeroed the token's gradient, either
     clip), `dual_clip_frac` (1 where the dual clip was the active bound),
-    `ratio`, `approx_kl` (k2 = 0.5*(log r)^2 between old and current policy).
+    `ratio`, `approx_kl` (k2 = 0.5*(log r)^2 between old and current policy);
+    with a correction, `is_weight` and `is_dropped` (weight 0).
     """
     if clip_low < 0 or clip_high < 0:
         raise ValueError(f"ppo_clip: clip_low and clip_high must be >= 0; got {clip_low}, "
@@ -52,10 +67,19 @@ def ppo_clip(x: LossInputs, clip_low: float = 0.2, clip_high: float = 0.2,
         bound = -a * dual_clip
         dual = (a < 0) & (bound < loss)
         loss = torch.where(dual, bound, loss)
-    return LossOutput(loss, {"clip_frac": (clipped | dual).float(),
-                             "dual_clip_frac": dual.float(),
-                             "ratio": ratio.detach(),
-                             "approx_kl": 0.5 * log_ratio.detach() ** 2})
+    metrics = {"clip_frac": (clipped | dual).float(), "dual_clip_frac": dual.float(),
+               "ratio": ratio.detach(), "approx_kl": 0.5 * log_ratio.detach() ** 2}
+    if rollout_is != "none":
+        rollout = _need(x, "rollout_logprobs", "ppo_clip's rollout correction",
+                        "the rollout engine must return log-probs")
+        sampled = x.response_mask.bool()
+        if x.prefix_mask is not None:  # forced tokens were not drawn from pi_rollout
+            sampled = sampled & ~x.prefix_mask.bool()
+        w = rollout_is_weights(old, rollout, sampled, rollout_is, rollout_is_level,
+                               rollout_is_cap, rollout_is_low, rollout_is_high)
+        loss = w * loss
+        metrics.update(is_weight=w, is_dropped=(w == 0).float())
+    return LossOutput(loss, metrics)
 
 
 @LOSSES.register("sft_ce")

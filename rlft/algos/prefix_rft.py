@@ -8,28 +8,34 @@
   (`schedules.prefix_window`); the generator is seeded by (seed, step), so a
   resumed run draws the same prefixes.
 - The forced tokens are the first `prefix_len` tokens of the response, marked
-  by `TrainBatch.prefix_mask`, and trained like sampled ones.
-- Groups: per (prompt, prefix) by default, so a prefixed sample is compared
-  with the other samples that share its prefix; `group_by=prompt` makes one
-  mixed group per prompt.
-- Token selection (`token_filter`): prefix tokens keep their loss only among
-  the step's `entropy_top_frac` highest-entropy prefix tokens (current policy);
-  the others leave `response_mask`.
+  by `TrainBatch.prefix_mask`. One group id per prompt: the `prefix_rft`
+  estimator (rlft/algos/advantages.py) gives the sampled tokens the base
+  estimator's advantage (`algo.advantage`, Dr.GRPO by default as in the paper)
+  within (prompt, prefix) groups (`group_by=prompt`: one mixed group per
+  prompt), and the forced tokens their own, (reward - mean reward of the
+  prompt's plain samples) / (samples sharing the prefix): a demonstration
+  prefix whose continuations beat the policy's own samples is pushed up,
+  one that does worse is pushed down (the authors' `core_algos.py`).
+- Token selection (`token_filter`): prefix tokens keep their advantage only
+  among the step's `entropy_top_frac` highest-entropy prefix tokens (sampling
+  policy); the others get advantage 0 but stay in the loss's token count and
+  in the KL/entropy terms, as the authors' entropy reshaper does.
 - Loss: PPO-clip split in two terms, sampled tokens with (clip_low, clip_high),
   prefix tokens with the prefix clip range, both normalised by the count of all
-  trained tokens, so together they are one token mean.
+  trained tokens, so together they are one token mean (or one per-row mean).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
 import torch
 
 from rlft.algos.contract import Algorithm, LossTermSpec
-from rlft.algos.grpo import common, norm_const, policy_terms
+from rlft.algos.grpo import common, norm_const, policy_terms, ppo_params
 from rlft.algos.schedules import prefix_window, sample_prefix_ratio, select_top_entropy
 from rlft.data.demonstrations import Demonstrations
 from rlft.types import Prompt, PromptBatch, TrainBatch
@@ -49,33 +55,34 @@ def split_samples(n: int, fraction: float) -> tuple[int, int, int]:
 
 
 def make_batch(prompts: list[Prompt], step: int, n: int, *, p: Any, seed: int, steps: int,
-               demos: Demonstrations, mixed: bool) -> PromptBatch:
-    """The step's requests: per prompt, plain ones first, then prefixed ones."""
+               demos: Demonstrations) -> PromptBatch:
+    """The step's requests: per prompt, plain ones first, then prefixed ones,
+    all in the prompt's one group (the estimator tells them apart)."""
     plain, prefixed, g = split_samples(n, p.fraction)
     low, high = prefix_window(step, steps, p.low_start, p.low_end, p.high_start, p.high_end,
                               p.schedule)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
     ratios = sample_prefix_ratio(gen, len(prompts), low, high, p.beta_a, p.beta_b).tolist()
     reqs, prefix_ids, group_id = [], [], []
-    first = 2 * step * len(prompts)  # two ids per prompt: distinct across steps
+    first = step * len(prompts)  # one id per prompt: distinct across steps
     for i, (prompt, ratio) in enumerate(zip(prompts, ratios)):
         demo = demos.ids(prompt)[:-1]  # [:-1] drops the EOS
         cut = math.floor(ratio * len(demo) + 1e-9)  # the epsilon keeps 0.29 * 100 at 29
-        plain_id = first + 2 * i
-        for ids, gid, count in (((), plain_id, plain),
-                                (tuple(demo[:cut]), plain_id + (0 if mixed else 1), prefixed)):
+        for ids, count in (((), plain), (tuple(demo[:cut]), prefixed)):
             reqs += [prompt] * (count // g)
             prefix_ids += [ids] * (count // g)
-            group_id += [gid] * (count // g)
+            group_id += [first + i] * (count // g)
     return PromptBatch(prompts=tuple(reqs), prefix_ids=tuple(prefix_ids),
                        group_id=tuple(group_id), n=g)
 
 
 def keep_top_entropy_prefix(batch: TrainBatch, entropy: torch.Tensor, frac: float) -> TrainBatch:
-    """Prefix tokens outside the step's top-`frac` entropy leave the loss.
+    """Prefix tokens outside the step's top-`frac` entropy get advantage 0.
 
-    The selection runs over all prefix tokens of sampled rows in the batch; the
-    narrowed `prefix_mask` marks the prefix tokens that stay.
+    The selection runs over all prefix tokens of sampled rows in the batch.
+    Masks stay as they are: a dropped token still counts in its term's
+    normaliser and in the KL and entropy terms (the authors' reshaper zeroes
+    the advantage only).
     """
     if batch.prefix_mask is None:
         return batch
@@ -83,8 +90,7 @@ def keep_top_entropy_prefix(batch: TrainBatch, entropy: torch.Tensor, frac: floa
     if batch.expert_mask is not None:
         prefix = prefix & ~batch.expert_mask.bool()[:, None]
     keep = select_top_entropy(entropy, prefix, frac)  # [B, L]
-    return batch.with_(response_mask=batch.response_mask.bool() & ~(prefix & ~keep),
-                       prefix_mask=keep)
+    return batch.with_(advantages=torch.where(prefix & ~keep, 0.0, batch.advantages))
 
 
 def build(cfg: Any) -> Algorithm:
@@ -97,25 +103,34 @@ def build(cfg: Any) -> Algorithm:
     if prefixed == 0:
         raise ValueError(f"algo.prefix.fraction={p.fraction} gives no prefixed sample of "
                          f"rollout.n={n}: raise it (round(fraction * n) >= 1)")
-    fields = common(cfg)
+    fields = common(cfg, default_advantage="dr_grpo")
+    base = fields["advantage"]
+    fields.update(advantage="prefix_rft",
+                  adv_params=replace(fields["adv_params"], base=base,
+                                     split_prefix=p.group_by == "prompt_prefix"))
+    if base in ("gae", "prefix_rft"):
+        raise ValueError(f"algo.advantage={base!r}: Prefix-RFT runs no critic and wraps a "
+                         f"critic-free estimator (grpo, dr_grpo, rloo, reinforce_pp, "
+                         f"reinforce_pp_baseline); unset it for dr_grpo")
     fields["needs"] = fields["needs"] | {"entropy"}  # the token filter reads it
-    if p.group_by == "prompt_prefix" and fields["min_group_size"] > 1 and 1 in (plain, prefixed):
-        raise ValueError(
-            f"algo.prefix.fraction={p.fraction} with rollout.n={n} makes {plain} plain and "
-            f"{prefixed} prefixed samples per prompt; with group_by=prompt_prefix a group of "
-            f"one has no baseline: choose fraction and n so that each is 0 or >= 2, or set "
-            f"algo.prefix.group_by=prompt")
+    if plain == 0:
+        raise ValueError(f"algo.prefix.fraction={p.fraction} with rollout.n={n} leaves no plain "
+                         f"sample, and a prefix is credited against the plain samples' mean "
+                         f"reward: lower the fraction (round(fraction * n) < n)")
     norm = norm_const(cfg)
 
     def ppo(tokens: str, lo: float, hi: float) -> LossTermSpec:
         return LossTermSpec("ppo_clip", 1.0, "policy", a.loss_agg, norm_const=norm,
-                            params={"clip_low": lo, "clip_high": hi, "dual_clip": a.dual_clip},
-                            tokens=tokens, norm_tokens="all")
+                            params=ppo_params(cfg, lo, hi), tokens=tokens, norm_tokens="all")
 
     fixed = policy_terms(cfg, ppo=(
         ppo("sampled", a.clip_low, a.clip_high),
         ppo("prefix", a.clip_low if p.clip_low is None else p.clip_low,
             a.clip_high if p.clip_high is None else p.clip_high)))
+    then = fields.pop("token_filter")  # DAPO's overlong filtering, when on
+
+    def token_filter(batch: TrainBatch, entropy: torch.Tensor | None) -> TrainBatch:
+        return then(keep_top_entropy_prefix(batch, entropy, p.entropy_top_frac), entropy)
 
     def step_metrics(step: int) -> dict[str, float]:
         low, high = prefix_window(step, steps, p.low_start, p.low_end, p.high_start, p.high_end,
@@ -125,7 +140,7 @@ def build(cfg: Any) -> Algorithm:
     return Algorithm(
         name="prefix_rft", terms=lambda step: fixed,
         make_batch=partial(make_batch, p=p, seed=cfg.train.seed, steps=steps,
-                           demos=Demonstrations(cfg.model.name), mixed=p.group_by == "prompt"),
-        token_filter=partial(keep_top_entropy_prefix, frac=p.entropy_top_frac),
+                           demos=Demonstrations(cfg.model.name)),
+        token_filter=token_filter,
         step_metrics=step_metrics, **fields,
     )

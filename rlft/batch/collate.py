@@ -50,6 +50,7 @@ def collate(scored: ScoredRollouts, pad_id: int) -> tuple[TrainBatch, torch.Tens
         rollout_logprobs=rollout_lp,
         prefix_mask=prefix,
         expert_mask=expert,
+        truncated=torch.tensor([f == "length" for f in ro.finish_reason], dtype=torch.bool),
     )
     return batch, token_rewards
 
@@ -70,7 +71,8 @@ def with_advantages(
     mask = batch.response_mask & policy_rows[:, None] if policy_rows is not None \
         else batch.response_mask
     out = fn(AdvantageInputs(token_rewards=token_rewards * mask, response_mask=mask,
-                             group_id=batch.group_id, values=batch.values), params)
+                             group_id=batch.group_id, values=batch.values,
+                             prefix_mask=batch.prefix_mask), params)
     return batch.with_(advantages=out.advantages, returns=out.returns)
 
 

@@ -146,16 +146,20 @@ class PrefixConfig:
     beta_a: float = doc(1.0, "Prefix-RFT: ratio = low + (high - low) * Beta(beta_a, beta_b); "
                         "1, 1 is uniform.", lo=0.0)
     beta_b: float = doc(1.0, "Prefix-RFT: second Beta shape.", lo=0.0)
-    entropy_top_frac: float = doc(0.2, "Prefix-RFT: prefix tokens keep their loss only among "
-                                  "the step's highest-entropy fraction (0.2 = top 20%).",
+    entropy_top_frac: float = doc(0.2, "Prefix-RFT: prefix tokens keep their advantage only "
+                                  "among the step's highest-entropy fraction (0.2 = top 20%); "
+                                  "the others get advantage 0 and stay in the token counts.",
                                   lo=0.0, hi=1.0)
     clip_low: float | None = doc(None, "Prefix-RFT: PPO clip below 1 for prefix tokens "
                                  "(default algo.clip_low).", lo=0.0)
     clip_high: float | None = doc(None, "Prefix-RFT: PPO clip above 1 for prefix tokens "
                                   "(default algo.clip_high).", lo=0.0)
-    group_by: str = doc("prompt_prefix", "Prefix-RFT advantage groups: prompt_prefix (prefixed "
-                        "and plain samples of a prompt are separate groups) or prompt (one mixed "
-                        "group per prompt).", choices=("prompt_prefix", "prompt"))
+    group_by: str = doc("prompt_prefix", "Prefix-RFT baseline of the sampled tokens: "
+                        "prompt_prefix (prefixed and plain samples of a prompt are separate "
+                        "groups, as in the paper) or prompt (one mixed group per prompt). "
+                        "Either way the forced prefix tokens get (reward - mean reward of the "
+                        "prompt's plain samples) / (samples sharing the prefix).",
+                        choices=("prompt_prefix", "prompt"))
 
 
 @dataclass
@@ -165,9 +169,8 @@ class PPOConfig:
     value_clip: float | None = doc(0.2, "PPO: the value loss keeps the new value within this of "
                                    "the rollout-time value (clipped loss); null: no clipping.",
                                    lo=0.0)
-    kl_in_reward: bool = doc(False, "PPO: apply algo.kl_coef as a per-token KL penalty in the "
-                             "reward (r_t -= kl_coef * KL_t, estimator algo.kl_estimator) "
-                             "instead of as a loss term.")
+    kl_in_reward: bool = doc(False, "PPO: the older spelling of algo.kl_in_reward (either "
+                             "one puts the KL penalty in the reward).")
 
 
 @dataclass
@@ -187,11 +190,29 @@ class SelfRewardConfig:
 
 
 @dataclass
+class RolloutISConfig:
+    mode: str = doc("none", "Rollout correction of the PPO loss for the rollout-vs-learner "
+                    "mismatch (mismatch/* metrics): none; tis = truncated importance sampling, "
+                    "weight min(pi_old / pi_rollout, cap); mis = masked importance sampling, "
+                    "drop tokens (or sequences) whose ratio leaves [low, high]. Use one when "
+                    "mismatch/logprob_abs_diff is well above 0 (bf16 or vLLM rollouts, large "
+                    "models, long responses): TIS keeps every sample, MIS discards the worst.",
+                    choices=("none", "tis", "mis"))
+    level: str = doc("token", "Rollout correction per token, or per sequence (one weight per "
+                     "sample: the product of its token ratios; stricter, suits long outputs).",
+                     choices=("token", "sequence"))
+    cap: float = doc(2.0, "TIS: the weight's upper bound C.", lo=1.0)
+    low: float = doc(0.5, "MIS: smallest ratio kept.", lo=0.0, hi=1.0)
+    high: float = doc(2.0, "MIS: largest ratio kept.", lo=1.0)
+
+
+@dataclass
 class AlgoConfig:
     name: str = doc("grpo", "Algorithm spec (rlft/algos/<name>.py).",
                     choices=("grpo", "chord", "prefix_rft", "ppo", "self_rewarding_ppo"))
     advantage: str | None = doc(None, "Override the spec's advantage estimator "
-                                "(grpo, dr_grpo, rloo, reinforce_pp, gae).")
+                                "(grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline, "
+                                "gae); Prefix-RFT's default is dr_grpo, as in its paper.")
     eps: float = doc(1e-6, "Std floor in group/batch normalisation.", lo=0.0)
     gamma: float = doc(1.0, "Discount.", lo=0.0, hi=1.0)
     lam: float = doc(1.0, "GAE lambda.", lo=0.0, hi=1.0)
@@ -199,9 +220,18 @@ class AlgoConfig:
     clip_high: float = doc(0.2, "PPO ratio clip above 1 (epsilon_high; DAPO clip-higher uses 0.28).",
                            lo=0.0)
     dual_clip: float | None = doc(None, "Dual-clip constant c > 1 for negative advantages.", lo=1.0)
-    kl_coef: float = doc(0.0, "Weight of the KL(policy || reference) loss term; 0 disables it "
-                         "and the reference model.", lo=0.0)
-    kl_estimator: str = doc("k3", "KL estimator.", choices=("k1", "k2", "k3"))
+    kl_coef: float = doc(0.0, "Weight of the KL(policy || reference) loss term (or, with "
+                         "algo.kl_in_reward, of the per-token penalty in the reward); 0 disables "
+                         "it and the reference model.", lo=0.0)
+    kl_estimator: str = doc("k3", "KL estimator of the loss term (k3: unbiased, >= 0, verl's "
+                            "low_var_kl).", choices=("k1", "k2", "k3"))
+    kl_in_reward: bool = doc(False, "Put the KL penalty in the reward instead of the loss: "
+                             "r_t -= kl_coef * KL_t on every response token (InstructGPT, "
+                             "REINFORCE++), for every estimator.")
+    kl_reward_estimator: str = doc("k1", "KL estimator of the in-reward penalty: k1 (log "
+                                   "ratio, verl's kl_penalty=kl) makes the reward's score-"
+                                   "function gradient the KL's; k3's is biased.",
+                                   choices=("k1", "k2", "k3"))
     entropy_coef: float = doc(0.0, "Entropy bonus weight.", lo=0.0)
     loss_agg: str = doc("token_mean", "How per-token losses are reduced.", choices=(
         "token_mean", "seq_mean_token_sum", "seq_mean_token_mean", "seq_mean_token_sum_norm"))
@@ -209,6 +239,17 @@ class AlgoConfig:
                               "equal (zero advantage).")
     filter_rounds: int = doc(1, "DAPO dynamic sampling: prompt batches drawn per step at most, "
                              "to refill the groups that were dropped.", lo=1)
+    overlong_buffer: int = doc(0, "DAPO soft overlong punishment: responses longer than "
+                               "rollout.max_new_tokens - this many sampled tokens lose reward "
+                               "linearly, down to -algo.overlong_penalty at the cap; 0 = off.",
+                               lo=0)
+    overlong_penalty: float = doc(1.0, "DAPO: the overlong punishment at rollout.max_new_tokens.",
+                                  lo=0.0)
+    filter_truncated: bool = doc(False, "DAPO overlong filtering: responses cut at "
+                                 "rollout.max_new_tokens (finish reason 'length') carry no loss "
+                                 "(they still count in their group's baseline).")
+    rollout_is: RolloutISConfig = doc(RolloutISConfig(), "Rollout-vs-learner mismatch correction "
+                                      "(TIS / MIS) of the PPO loss.")
     chord: ChordConfig = doc(ChordConfig(), "CHORD settings (algo.name=chord).")
     prefix: PrefixConfig = doc(PrefixConfig(), "Prefix-RFT settings (algo.name=prefix_rft).")
     ppo: PPOConfig = doc(PPOConfig(), "PPO critic settings (algo.name=ppo, self_rewarding_ppo).")

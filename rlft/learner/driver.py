@@ -165,8 +165,10 @@ class LossDriver:
         norm_masks = [m if t.norm_tokens is None else
                       rows_mask(batch, t.rows) & token_mask(batch, t.norm_tokens)
                       for t, m in zip(terms, masks)]  # whose counts normalise each term
-        counts, (resp_tokens,) = global_counts(
-            norm_masks, [int(batch.response_mask.bool().sum())], self.device)
+        # Normalising counts, then each term's own (its metrics are means over its tokens).
+        both, (resp_tokens,) = global_counts(
+            norm_masks + masks, [int(batch.response_mask.bool().sum())], self.device)
+        counts, own = both[:len(terms)], both[len(terms):]
         names = term_names([t.loss for t in terms])
         sums: dict[str, torch.Tensor] = {}
         for mb in self.plan(batch):
@@ -178,8 +180,10 @@ class LossDriver:
             out = self.forward(self.cols(batch.input_ids, mb),
                                self.cols(batch.attention_mask, mb), resp)  # [b, cols]
             total = torch.zeros((), device=self.device)
-            for term, name, mask, cnt in zip(terms, names, masks, counts):
-                value = self._term(batch, mb, term, name, self.cols(mask, mb), cnt, out, sums)
+            for term, name, mask, norm, cnt, mine in zip(terms, names, masks, norm_masks,
+                                                          counts, own):
+                value = self._term(batch, mb, term, name, self.cols(mask, mb),
+                                   self.cols(norm, mb), cnt, mine.tokens, out, sums)
                 total = total + term.weight * value
             total.backward()
             add_to(sums, "loss", total.detach())
@@ -187,12 +191,13 @@ class LossDriver:
             for key, value in self.diagnostics(batch, mb, out, self.cols(masks[0], mb),
                                                counts[0]).items():
                 add_to(sums, key, value)
-        return self._step(sums, resp_tokens, start)
+        return self._step(sums, resp_tokens, start, names)
 
     def _term(self, batch: TrainBatch, mb: MicroBatch, term: LossTermSpec, name: str,
-              mask: torch.Tensor, cnt: GlobalCounts, out: Outputs,
-              sums: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One term on one micro-batch: its share of the globally normalised value.
+              mask: torch.Tensor, norm_mask: torch.Tensor, cnt: GlobalCounts, own_tokens: int,
+              out: Outputs, sums: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One term on one micro-batch: its share of the globally normalised value
+        (`cnt`: counts of `norm_mask`); metrics are means over its own tokens.
 
         Float inputs are zeroed outside the term's tokens: a NaN in a padding
         column or in another term's rows would otherwise reach the gradient
@@ -210,15 +215,15 @@ class LossDriver:
             prefix_mask=None if batch.prefix_mask is None else self.cols(batch.prefix_mask, mb))
         result = LOSSES.get(term.loss)(inputs, **term.params)
         value = aggregate(torch.where(mask, result.loss, 0.0), mask, term.agg, cnt,
-                          term.norm_const)
+                          term.norm_const, norm_mask)
         add_to(sums, f"{name}/loss", value.detach())
         for metric, per_token in result.metrics.items():
             token_sum = torch.where(mask, per_token.detach().float(), 0.0).sum()
-            add_to(sums, f"{name}/{metric}", token_sum / max(cnt.tokens, 1))
+            add_to(sums, f"{name}/{metric}", token_sum / max(own_tokens, 1))
         return value
 
-    def _step(self, sums: dict[str, torch.Tensor], resp_tokens: int, start: float
-              ) -> UpdateStats:
+    def _step(self, sums: dict[str, torch.Tensor], resp_tokens: int, start: float,
+              names: Sequence[str]) -> UpdateStats:
         values = reduce_sums(sums, ("loss", "entropy"), self.world, self.device)
         loss = values.pop("loss", 0.0)
         entropy = values.pop("entropy", 0.0) / max(resp_tokens, 1)
@@ -235,8 +240,9 @@ class LossDriver:
             self.sched.step()
             self.steps += 1
         self.opt.zero_grad(set_to_none=True)
-        for short in ("clip_frac", "kl"):
-            found = [v for k, v in values.items() if k.endswith("/" + short)]
+        for short in ("clip_frac", "kl"):  # a loss term's, not a diagnostic's (mismatch/kl)
+            found = [v for k, v in values.items()
+                     if k.endswith("/" + short) and k.split("/")[0] in names]
             if found:
                 values[short] = found[0]
         return UpdateStats(loss=loss, grad_norm=norm, lr=lr, entropy=entropy, tokens=resp_tokens,

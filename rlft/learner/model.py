@@ -19,14 +19,21 @@ class PolicyLogprobs(nn.Module):
 
     Runs the decoder body (`lm.model`), then `logprobs_from_hidden` on the final
     hidden states of the selected tokens only, so [tokens, V] float logits are
-    never built whole. Log-probs use the raw logits (temperature 1), the
-    quantity the rollout engines report. Being one module lets FSDP2 shard it
+    never built whole. Log-probs are those of the sampling distribution,
+    softmax(logits / temperature) (`temperature` = the rollout's; 1 = raw
+    logits), the quantity the rollout engines report: ratio, KL, entropy and
+    CHORD's p(1-p) are then taken under the distribution the samples came
+    from, as verl does. Being one module lets FSDP2 shard it
     as the root: `lm_head` (tied to the embedding or not) is gathered by the
     root's forward hook like every other root parameter.
     """
 
-    def __init__(self, lm: nn.Module, chunk: int, packed: bool = False) -> None:
+    def __init__(self, lm: nn.Module, chunk: int, packed: bool = False,
+                 temperature: float = 1.0) -> None:
         super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"PolicyLogprobs temperature must be > 0 (greedy sampling scores "
+                             f"at 1.0); got {temperature}")
         for attr in ("model", "lm_head"):
             if not hasattr(lm, attr):
                 raise TypeError(f"the learner needs a Hugging Face *ForCausalLM with .model and "
@@ -36,7 +43,7 @@ class PolicyLogprobs(nn.Module):
                             "FSDP2 shards one by one)")
         if packed:
             use_packed_attention(lm)
-        self.lm, self.chunk, self.packed = lm, chunk, packed
+        self.lm, self.chunk, self.packed, self.temperature = lm, chunk, packed, temperature
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,10 +66,22 @@ class PolicyLogprobs(nn.Module):
                                    use_cache=False).last_hidden_state  # [b, L, H]
             sel = select[:, 1:]  # [b, L-1]; token t is predicted at position t-1
             h, labels = hidden[:, :-1][sel], input_ids[:, 1:][sel]  # [N, H], [N]
+        if self.temperature != 1.0:  # (h / T) @ W.T = logits / T, without [N, V] logits
+            h = h / self.temperature
         lp, ent = logprobs_from_hidden(h, self.lm.lm_head.weight, labels, self.chunk)  # [N], [N]
         zeros = torch.zeros(select.shape, dtype=lp.dtype, device=lp.device)  # [b, L]
         # Row-major order of the selected positions is the order of `lp` in both layouts.
         return zeros.masked_scatter(select, lp), zeros.masked_scatter(select, ent)  # [b, L]
+
+
+def local_source(source: ModelSource | None) -> ModelSource | None:
+    """A name resolved to a folder on this machine (rlft.models.resolve_model
+    builds an alias here if needed); factories and None pass through."""
+    if not isinstance(source, str):
+        return source
+    from rlft.models import resolve_model
+
+    return resolve_model(source)
 
 
 def build_model(source: ModelSource) -> nn.Module:

@@ -117,7 +117,7 @@ def learner_params(cfg: Config) -> LearnerParams:
         total_steps=optimizer_steps(cfg, t.steps), lr_schedule=t.lr_schedule,
         max_grad_norm=t.max_grad_norm, micro_batch_tokens=t.micro_batch_tokens,
         grad_checkpointing=cfg.model.grad_checkpointing,
-        packing=t.packing, compile=t.compile,
+        packing=t.packing, compile=t.compile, temperature=cfg.rollout.temperature or 1.0,
         seed=t.seed, max_nonfinite_steps=t.max_nonfinite_steps, param_dtype=cfg.model.dtype,
         lora=LoraParams(r=lo.r, alpha=lo.alpha, dropout=lo.dropout,
                         target_modules=tuple(lo.target_modules)),

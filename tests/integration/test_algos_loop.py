@@ -11,7 +11,7 @@ import ray
 import torch
 
 from rlft.algos.chord import expert_count
-from rlft.algos.schedules import chord_mu, prefix_window
+from rlft.algos.schedules import chord_mu, prefix_window, select_top_entropy
 from rlft.config import load_config
 from rlft.data.demonstrations import Demonstrations
 from rlft.loop import TrainingLoop
@@ -153,25 +153,33 @@ def test_prefix_rft_forces_demonstration_prefixes_and_keeps_top_entropy(tmp_path
                 assert ro.response_ids[b][:k] == demo[:k]  # the response starts with the prefix
                 assert low - 1 / len(demo) <= k / len(demo) <= high + 1e-6
                 prefix[b, p:p + k] = True
-        # Two samples with and two without a prefix per prompt, each its own group.
+        # Two samples with and two without a prefix per prompt, all in the prompt's group.
         assert sorted(k > 0 for k in ro.prefix_len) == [False] * 4 + [True] * 4
-        assert all(len(keys) == 1 for keys in groups.values())
-        assert len(set().union(*groups.values())) == len(groups)
-        assert len(groups) == 4 and sorted(ro.group_id.count(g) for g in groups) == [2] * 4
+        assert all(len(keys) == 2 for keys in groups.values())  # plain + one shared prefix
+        assert len(groups) == 2 and sorted(ro.group_id.count(g) for g in groups) == [4] * 2
         assert torch.equal(batch.group_id, torch.tensor(ro.group_id))
-        for g in groups:  # group-relative advantages sum to 0 within each (prompt, prefix)
-            rows = batch.group_id == g
-            first = batch.advantages[rows].sum(-1) / _response(scored, batch)[rows].sum(-1)
-            assert float(first.sum()) == pytest.approx(0.0, abs=1e-4)
-
-        # Entropy selection: ceil(frac * prefix tokens) kept, the highest-entropy ones.
-        kept = batch.prefix_mask
+        resp = _response(scored, batch)
+        assert torch.equal(batch.response_mask, resp)  # the filter narrows no mask
+        assert torch.equal(batch.prefix_mask, prefix)
+        # Entropy selection: ceil(frac * prefix tokens) keep their advantage, the
+        # highest-entropy ones; the others get 0 (and stay in every mask).
         n = int(prefix.sum())
+        kept = select_top_entropy(ent, prefix, frac)  # ties (shared prefixes) broken there
         assert n > 0 and int(kept.sum()) == math.ceil(frac * n)
-        assert not (kept & ~prefix).any()
-        dropped = prefix & ~kept
-        assert float(ent[kept].min()) >= float(ent[dropped].max())
-        assert torch.equal(batch.response_mask, _response(scored, batch) & ~dropped)
+        assert float(ent[kept].min()) >= float(ent[prefix & ~kept].max())
+        reward = scored.rewards
+        has = torch.tensor([k > 0 for k in ro.prefix_len])
+        dr = (batch.advantages * (resp & ~prefix)).sum(-1) / (resp & ~prefix).sum(-1)
+        for g in groups:
+            rows = batch.group_id == g
+            plain, pre = rows & ~has, rows & has
+            for sub in (plain, pre):  # Dr.GRPO within (prompt, prefix): reward - its mean
+                torch.testing.assert_close(dr[sub], reward[sub] - reward[sub].mean())
+            push = (reward - reward[plain].mean()) / int(pre.sum())  # the prefix's own advantage
+            for b in pre.nonzero().flatten().tolist():
+                torch.testing.assert_close(batch.advantages[b][kept[b]],
+                                           push[b].expand(int(kept[b].sum())))
+                assert not batch.advantages[b][prefix[b] & ~kept[b]].any()
 
         clip = {t.tokens: (t.params["clip_low"], t.params["clip_high"], t.norm_tokens)
                 for t in terms if t.loss == "ppo_clip"}

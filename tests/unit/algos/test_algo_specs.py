@@ -52,10 +52,13 @@ def test_keep_top_entropy_prefix_hand_worked():
     b = _batch([[0, 1, 1, 1], [0, 1, 1, 1], [0, 1, 1, 0]],
                [[0, 1, 1, 0], [0, 1, 1, 0], [0, 1, 1, 0]], expert=[False, False, True])
     ent = torch.tensor([[0.0, 0.9, 0.1, 5.0], [0.0, 0.5, 0.7, 5.0], [0.0, 9.0, 9.0, 0.0]])
+    b = b.with_(advantages=torch.ones(3, 4))
     out = keep_top_entropy_prefix(b, ent, 0.5)
-    assert out.prefix_mask.int().tolist() == [[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
-    # dropped prefix tokens leave the response; sampled tokens and demonstrations stay
-    assert out.response_mask.int().tolist() == [[0, 1, 0, 1], [0, 0, 1, 1], [0, 1, 1, 0]]
+    # dropped prefix tokens get advantage 0; sampled tokens and demonstrations keep theirs
+    assert out.advantages.int().tolist() == [[1, 1, 0, 1], [1, 0, 1, 1], [1, 1, 1, 1]]
+    # masks are untouched: dropped tokens stay in the normaliser and the KL/entropy terms
+    assert torch.equal(out.response_mask, b.response_mask)
+    assert torch.equal(out.prefix_mask, b.prefix_mask)
 
 
 def test_split_samples():
@@ -72,7 +75,7 @@ def test_prefix_rft_batches_share_prefixes_per_group():
     demos = Demonstrations("tiny-random")
     b = algo.make_batch(prompts, 3, 4)
     assert b.n == 2 and len(b.prompts) == 6  # per prompt: 2 plain + 2 prefixed, 1 request each
-    assert b.group_id == tuple(range(18, 24))  # 2 ids per prompt, after steps 0..2
+    assert b.group_id == (9, 9, 10, 10, 11, 11)  # 1 id per prompt, after steps 0..2
     for i, prompt in enumerate(prompts):
         plain, pre = b.prefix_ids[2 * i], b.prefix_ids[2 * i + 1]
         demo = demos.ids(prompt)[:-1]
@@ -80,18 +83,24 @@ def test_prefix_rft_batches_share_prefixes_per_group():
         assert b.prompts[2 * i] is prompt and b.prompts[2 * i + 1] is prompt
     assert algo.make_batch(prompts, 3, 4) == b  # seeded by (seed, step)
     mixed = build_algorithm(_cfg("algo.name=prefix_rft", "algo.prefix.group_by=prompt"))
-    assert mixed.make_batch(prompts, 0, 4).group_id == (0, 0, 2, 2, 4, 4)
+    assert mixed.make_batch(prompts, 0, 4).group_id == (0, 0, 1, 1, 2, 2)
+    # the estimator splits plain from prefixed rows (or not) and credits the prefix
+    assert algo.advantage == mixed.advantage == "prefix_rft"
+    assert algo.adv_params.base == "dr_grpo" and algo.adv_params.split_prefix
+    assert not mixed.adv_params.split_prefix
     assert algo.token_filter is not no_filter and algo.add_rows is no_extra_rows
     assert "entropy" in algo.needs  # the token filter reads the sampling policy's entropy
 
 
-def test_prefix_rft_rejects_groups_of_one():
-    with pytest.raises(ValueError, match="a group of one has no baseline"):
-        build_algorithm(_cfg("algo.name=prefix_rft", "algo.prefix.fraction=0.25"))
+def test_prefix_rft_sample_split_checks():
+    # one prefixed sample of n (the paper's 1 of 8) is fine: its prefix is credited
+    build_algorithm(_cfg("algo.name=prefix_rft", "algo.prefix.fraction=0.25"))
     with pytest.raises(ValueError, match="gives no prefixed sample"):
         build_algorithm(_cfg("algo.name=prefix_rft", "algo.prefix.fraction=0.1"))
-    build_algorithm(_cfg("algo.name=prefix_rft", "algo.prefix.fraction=0.25",
-                         "algo.prefix.group_by=prompt"))
+    with pytest.raises(ValueError, match="leaves no plain sample"):
+        build_algorithm(_cfg("algo.name=prefix_rft", "algo.prefix.fraction=1.0"))
+    with pytest.raises(ValueError, match="wraps a critic-free estimator"):
+        build_algorithm(_cfg("algo.name=prefix_rft", "algo.advantage=gae"))
 
 
 def test_chord_terms_follow_mu_and_expert_rows_follow_ratio():
