@@ -315,6 +315,9 @@ class TrainingLoop:
             tokens_per_s=float(lengths.sum()) / max(total, 1e-9), stage_seconds=dict(seconds),
             reward_components=comps, reward_failures=scored.failures,
             extra={"lr": stats.lr, "updates_per_step": stats.metrics.get("updates", 1.0),
+                   # rollout-vs-learner mismatch and its correction (rlft/algos/mismatch.py)
+                   **{k: v for k, v in stats.metrics.items()
+                      if k.startswith("mismatch/") or k.endswith(("/is_weight", "/is_dropped"))},
                    **self.algo.step_metrics(step), **(extra or {})},
         )
 

