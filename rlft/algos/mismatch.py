@@ -99,10 +99,11 @@ def rollout_is_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tenso
         raise ValueError(f"rollout correction level must be one of {', '.join(LEVELS)}; "
                          f"got {level!r}")
     mask = mask.bool()
-    ones = torch.ones_like(old_logprobs, dtype=torch.float32)
+    dtype = torch.promote_types(old_logprobs.dtype, torch.float32)  # at least fp32
+    ones = torch.ones_like(old_logprobs, dtype=dtype)
     if mode == "none":
         return ones
-    log_w = torch.where(mask, old_logprobs.detach().float() - rollout_logprobs.float(), 0.0)
+    log_w = torch.where(mask, old_logprobs.detach().to(dtype) - rollout_logprobs.to(dtype), 0.0)
     if level == "sequence":  # [B, L] -> [B] -> [B, L]
         log_w = log_w.sum(-1, keepdim=True).expand_as(log_w)
     log_w = log_w.clamp(-20.0, 20.0)  # exp stays finite; any such weight is capped or dropped
@@ -110,5 +111,5 @@ def rollout_is_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tenso
     if mode == "tis":
         w = w.clamp(max=cap)
     else:
-        w = ((w >= low) & (w <= high)).float()
+        w = ((w >= low) & (w <= high)).to(dtype)
     return torch.where(mask, w, ones)
