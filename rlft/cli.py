@@ -60,6 +60,23 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _without_resume(args: list[str]) -> list[str]:
+    """The train arguments minus any --resume (the hint adds `--resume auto`).
+
+    >>> _without_resume(["a.yaml", "--resume", "auto", "x=1", "--resume=runs/r"])
+    ['a.yaml', 'x=1']
+    """
+    out, skip = [], False
+    for a in args:
+        if skip or a.startswith("--resume="):
+            skip = False
+            continue
+        skip = a == "--resume"
+        if not skip:
+            out.append(a)
+    return out
+
+
 def _train(args: list[str]) -> int:
     p = argparse.ArgumentParser(prog="rlft train")
     p.add_argument("items", nargs="*", help="optional CONFIG.yaml, then key.sub=value overrides")
@@ -81,7 +98,7 @@ def _train(args: list[str]) -> int:
         history = trainer.train()
     except ray.exceptions.RayActorError as exc:
         print(f"\nA worker died: {exc}\nThe last complete checkpoint is intact; continue with:\n"
-              f"  rlft train {' '.join(args)} --resume auto", file=sys.stderr)
+              f"  rlft train {' '.join(_without_resume(args))} --resume auto", file=sys.stderr)
         return 1
     finally:
         trainer.close()

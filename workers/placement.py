@@ -77,17 +77,35 @@ def _node_port(instance: Any) -> tuple[str, int]:
     return host, free_port(host)
 
 
+def join_world(ranks: list[Any]) -> str:
+    """Form the process group of actors started with `defer_join=True` (rank r
+    at index r): rank 0 hosts the rendezvous on its own node, at a port free
+    there, and every rank joins it. Returns the address."""
+    host, port = rendezvous_address(ranks[0])
+    address = f"tcp://{host}:{port}"
+    ray.get([r.join.remote(address) for r in ranks])
+    return address
+
+
+def node_ips(handles: list[Any]) -> list[str]:
+    """The IP of the node each actor runs on."""
+    return ray.get([h.__ray_call__.remote(lambda _: ray.util.get_node_ip_address())
+                    for h in handles])
+
+
 def actor(cls: type, *args: Any, num_cpus: float = 0, num_gpus: float = 0,
           max_restarts: int = 0, max_task_retries: int = 0,
-          bundle: tuple[Any, int] | None = None, **kwargs: Any) -> Any:
+          bundle: tuple[Any, int] | None = None, resources: dict[str, float] | None = None,
+          **kwargs: Any) -> Any:
     """Start `cls(*args, **kwargs)` as an actor.
 
     `max_restarts`: Ray re-creates a dead actor with the same arguments (its
     state is lost: only for stateless actors or ones the caller re-syncs).
     `max_task_retries`: a call in flight when it died runs again on the new one.
     `bundle`: (placement group, bundle index) the actor must run in.
+    `resources`: custom Ray resources it reserves (pins it to nodes that have them).
     """
-    opts: dict[str, Any] = {}
+    opts: dict[str, Any] = {"resources": dict(resources)} if resources else {}
     if bundle is not None:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -98,14 +116,34 @@ def actor(cls: type, *args: Any, num_cpus: float = 0, num_gpus: float = 0,
     return remote.remote(*args, **kwargs)
 
 
-def gpu_bundles(n: int) -> Any:
-    """A placement group of `n` one-GPU bundles (colocated pools: the actors that
-    share a GPU go into one bundle with fractional num_gpus). Waits until placed."""
+class PlacementTimeout(RuntimeError):
+    """A placement group the cluster could not place in time."""
+
+
+def gpu_bundles(n: int, extra: dict[str, float] | None = None, timeout_s: float = 120.0) -> Any:
+    """A placement group of `n` one-GPU bundles, each also holding `extra`
+    custom resources (colocated pools: the actors that share a GPU go into one
+    bundle with fractional num_gpus). Waits until placed, `timeout_s` at most."""
     from ray.util.placement_group import placement_group
 
-    group = placement_group([{"GPU": 1}] * n, strategy="PACK")
-    ray.get(group.ready())
+    bundle = {"GPU": 1, **(extra or {})}
+    group = placement_group([bundle] * n, strategy="PACK")
+    try:
+        ray.get(group.ready(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        ray.util.remove_placement_group(group)
+        raise PlacementTimeout(
+            f"the cluster did not place {n} bundles of {bundle} (one per learner rank, shared "
+            f"with its rollout workers) in {timeout_s:g} s; it holds "
+            f"{_fmt(ray.available_resources())} free: lower train.learner_workers, add GPUs, "
+            "or raise ray.placement_timeout_s if nodes are still joining") from None
     return group
+
+
+def _fmt(resources: dict[str, float]) -> str:
+    keep = {k: v for k, v in resources.items() if not k.startswith(("node:", "memory",
+                                                                      "object_store"))}
+    return ", ".join(f"{v:g} {k}" for k, v in sorted(keep.items())) or "nothing"
 
 
 @dataclass

@@ -45,7 +45,9 @@ class ModelConfig:
     name: str = doc("smollm2-135m-instruct", "Policy model: a built-in alias (smollm2-135m-instruct, "
                     "tiny-random), a local Hugging Face folder, or a hub id.")
     ref_name: str | None = doc(None, "Reference model for KL; default: the policy's initial weights.")
-    dtype: str = doc("float32", "Parameter dtype of the learner.", choices=("float32", "bfloat16"))
+    dtype: str = doc("auto", "Compute dtype of the learner (master weights and optimizer state "
+                     "stay fp32); auto = bfloat16 on a GPU cluster, float32 on CPU.",
+                     choices=("auto", "float32", "bfloat16"))
     grad_checkpointing: bool = doc(False, "Recompute activations in backward to save memory.")
     lora: LoraConfig = doc(LoraConfig(), "LoRA adapters (peft); rollout engines get merged "
                            "weights.")
@@ -323,6 +325,16 @@ class RayConfig:
                             "are never restarted: their state is in the last checkpoint).", lo=0)
     max_task_retries: int = doc(3, "Times a call to a restarted rollout or reward actor is "
                                 "retried before the step fails.", lo=0)
+    learner_resources: dict = doc({}, "Custom Ray resources each learner (and critic) rank "
+                                  "reserves, e.g. {trainer: 1}: ranks go only to nodes started "
+                                  "with `ray start --resources='{\"trainer\": N}'`.")
+    rollout_resources: dict = doc({}, "Custom Ray resources each rollout worker reserves "
+                                  "(as ray.learner_resources).")
+    check_resources: bool = doc(True, "Compare the run's demand (GPUs, CPUs, custom resources) "
+                                "with the cluster before any actor starts and fail at once if it "
+                                "cannot fit; false on an autoscaling cluster that grows on demand.")
+    placement_timeout_s: float = doc(120.0, "Seconds to wait for a placement group (colocated "
+                                     "GPU runs) before failing with what is missing.", lo=1.0)
 
 
 @dataclass

@@ -15,16 +15,19 @@ from rlft.data.sources import load_rows
 from rlft.models import load_tokenizer, resolve_model
 from rlft.registry import RegistryError
 from rlft.rewards.base import RewardTerm, load_term
+from rlft.run.resources import Demand, check_fits, cluster_nodes, custom
 from rlft.run.weight_push import WeightSync
 from rlft.workers.critic import Critic, CriticParams
 from rlft.workers.learner import Learner, LearnerParams, LoraParams
 from rlft.workers.placement import (
+    PlacementTimeout,
     Pools,
     actor,
-    free_port,
     gpu_bundles,
     gpus_per_actor,
     init_ray,
+    join_world,
+    node_ips,
 )
 from rlft.workers.reward import RewardService
 from rlft.workers.rollout import RolloutWorker, SamplingParams
@@ -44,14 +47,33 @@ def engine_name(cfg: Config) -> str:
 VLLM_ONLY = {"tensor_parallel_size": 1, "kv_cache_gb": None, "gpu_memory_utilization": 0.5}
 
 
-def engine_kwargs(cfg: Config, engine: str) -> dict:
+def model_dtype(cfg: Config, gpu: bool | None = None) -> str:
+    """`model.dtype`, with `auto` = bfloat16 on GPUs, float32 on CPU. `gpu`:
+    whether the run's actors hold GPUs (None: whether this process sees one)."""
+    if cfg.model.dtype != "auto":
+        return cfg.model.dtype
+    if gpu is None:
+        import torch
+
+        gpu = torch.cuda.is_available()
+    return "bfloat16" if gpu else "float32"
+
+
+def rollout_dtype(cfg: Config, gpu: bool) -> str:
+    """The engines' dtype: rollout.dtype, where `auto` is the learner's."""
+    return model_dtype(cfg, gpu) if cfg.rollout.dtype == "auto" else cfg.rollout.dtype
+
+
+def engine_kwargs(cfg: Config, engine: str, gpu: bool = False, engines_per_gpu: int = 1) -> dict:
     """The rollout engine's arguments beyond model and seed. `rollout.dtype=auto`
-    is the learner's dtype (model.dtype)."""
+    is the learner's dtype (model.dtype). `engines_per_gpu` engines share one GPU
+    (colocated mode): each asks for its share of gpu_memory_utilization."""
     r = cfg.rollout
-    dtype = cfg.model.dtype if r.dtype == "auto" else r.dtype
+    dtype = rollout_dtype(cfg, gpu)
     if engine == "vllm":
         return dict(dtype=dtype, tensor_parallel_size=r.tensor_parallel_size,
-                    kv_cache_gb=r.kv_cache_gb, gpu_memory_utilization=r.gpu_memory_utilization,
+                    kv_cache_gb=r.kv_cache_gb,
+                    gpu_memory_utilization=r.gpu_memory_utilization / engines_per_gpu,
                     sleep_mode=r.mode == "colocated")
     changed = [f"rollout.{k}={getattr(r, k)}" for k, v in VLLM_ONLY.items() if getattr(r, k) != v]
     if changed:
@@ -60,7 +82,8 @@ def engine_kwargs(cfg: Config, engine: str) -> dict:
                           "and set rollout.engine=vllm")
     import torch
 
-    return dict(dtype=getattr(torch, dtype))
+    # The transformers engine runs where its actor's GPU is, if it holds one.
+    return dict(dtype=getattr(torch, dtype), device="cuda" if gpu else "cpu")
 
 
 def weight_transport(cfg: Config, gpus: float, vllm_installed: bool | None = None) -> str | None:
@@ -90,9 +113,11 @@ def weight_transport(cfg: Config, gpus: float, vllm_installed: bool | None = Non
 
 def build_weight_sync(cfg: Config, pools: Pools) -> WeightSync:
     """The run's weight sync, its broadcast group (if any) already joined."""
-    backend = weight_transport(cfg, gpus_per_actor())
+    gpus = gpus_per_actor()
+    backend = weight_transport(cfg, gpus)
     per_engine = cfg.rollout.tensor_parallel_size if engine_name(cfg) == "vllm" else 1
-    sync = WeightSync(pools.learners, pools.rollout, backend, per_engine)
+    sync = WeightSync(pools.learners, pools.rollout, backend, per_engine,
+                      rollout_dtype(cfg, bool(gpus)))
     sync.connect()
     return sync
 
@@ -110,7 +135,7 @@ def optimizer_steps(cfg: Config, training_steps: int) -> int:
     return training_steps * cfg.train.epochs * cfg.train.minibatches
 
 
-def learner_params(cfg: Config) -> LearnerParams:
+def learner_params(cfg: Config, gpu: bool | None = None) -> LearnerParams:
     t, lo = cfg.train, cfg.model.lora
     return LearnerParams(
         lr=t.lr, weight_decay=t.weight_decay, warmup_steps=optimizer_steps(cfg, t.warmup_steps),
@@ -118,7 +143,7 @@ def learner_params(cfg: Config) -> LearnerParams:
         max_grad_norm=t.max_grad_norm, micro_batch_tokens=t.micro_batch_tokens,
         grad_checkpointing=cfg.model.grad_checkpointing,
         packing=t.packing, compile=t.compile, temperature=cfg.rollout.temperature or 1.0,
-        seed=t.seed, max_nonfinite_steps=t.max_nonfinite_steps, param_dtype=cfg.model.dtype,
+        seed=t.seed, max_nonfinite_steps=t.max_nonfinite_steps, param_dtype=model_dtype(cfg, gpu),
         lora=LoraParams(r=lo.r, alpha=lo.alpha, dropout=lo.dropout,
                         target_modules=tuple(lo.target_modules)),
     )
@@ -144,49 +169,102 @@ def build_prompts_for(cfg: Config, split: str | None = None) -> tuple[PromptSamp
 
 def build_pools(cfg: Config, algo: Algorithm) -> Pools:
     """Start the rollout workers, the reward actor (`algo.reward_source`), the learner
-    ranks and, when the spec needs one, the critic ranks."""
+    ranks and, when the spec needs one, the critic ranks, after checking that the
+    cluster can hold them all.
+
+    Actors get model *names*: each resolves (builds, for an alias) the model on
+    its own node, as a cluster without a shared home folder needs; the driver
+    resolves first, to fail early and to build its own node's copy."""
     terms = reward_terms(cfg) if algo.reward_source == "service" else []
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
-    # Converts/caches once, before actors race for it.
-    model_path = resolve_model(algo.policy_model or cfg.model.name)
-    ref_path = resolve_model(cfg.model.ref_name) if cfg.model.ref_name else model_path
+    model = algo.policy_model or cfg.model.name
+    resolve_model(model)
+    ref = cfg.model.ref_name or model
+    resolve_model(ref)
     gpus = gpus_per_actor()
     engine = engine_name(cfg)
-    roll_kwargs = engine_kwargs(cfg, engine)  # fails on vLLM-only settings before actors start
-    weight_transport(cfg, gpus)  # and on a broadcast transport that cannot work
-    world = cfg.train.learner_workers
-    # Colocated on GPUs: learner rank i and rollout worker j (j % world == i) share bundle i.
+    world, n_roll = cfg.train.learner_workers, cfg.rollout.num_workers
+    # Colocated on GPUs: learner rank i, its rollout workers (j % world == i), its
+    # critic rank and (bundle 0) the self-reward actor share bundle i's GPU.
     shared = bool(gpus) and cfg.rollout.mode == "colocated"
-    bundles = gpu_bundles(world) if shared else None
-    share = 1 / (1 + -(-cfg.rollout.num_workers // world)) if shared else 1.0
+    per_bundle = -(-n_roll // world)
+    roll_kwargs = engine_kwargs(cfg, engine, bool(gpus), per_bundle if shared else 1)
+    weight_transport(cfg, gpus)  # fails on a broadcast transport that cannot work
+    lres = custom(cfg.ray.learner_resources, "ray.learner_resources")
+    rres = custom(cfg.ray.rollout_resources, "ray.rollout_resources")
+    if cfg.ray.check_resources:
+        check_fits(demands(cfg, algo, gpus, engine, lres, rres), cluster_nodes())
+    try:
+        bundles = gpu_bundles(world, lres, cfg.ray.placement_timeout_s) if shared else None
+    except PlacementTimeout as exc:
+        raise ConfigError(str(exc)) from None
+    slots = 1 + per_bundle + bool(algo.critic_terms) + (algo.reward_source == "self_reward")
+    share = 1 / slots if shared else 1.0
 
-    def place(i: int) -> dict:
-        return {"bundle": (bundles, i % world)} if bundles is not None else {}
+    def place(i: int, res: dict[str, float]) -> dict:
+        return {"bundle": (bundles, i % world)} if bundles is not None else {"resources": res}
     # Rollout and reward actors are restarted when they die (the loop re-sends
     # weights to a restarted rollout worker); learners never are: a fresh learner
     # would silently train from the initial weights.
     restarts = dict(max_restarts=cfg.ray.max_restarts, max_task_retries=cfg.ray.max_task_retries)
     roll_gpus = gpus * share if shared else gpus * cfg.rollout.tensor_parallel_size
-    rollout = [actor(RolloutWorker, engine=engine, model_path=model_path, seed=cfg.train.seed + i,
-                     num_gpus=roll_gpus, **place(i), **roll_kwargs, **restarts)
-               for i in range(cfg.rollout.num_workers)]
-    reward = REWARD_ACTORS[algo.reward_source](cfg, algo, terms, dict(num_gpus=gpus, **restarts))
-    init = f"tcp://127.0.0.1:{free_port()}"
-    learners = [actor(Learner, model_path, learner_params(cfg), rank=r, world_size=world,
-                      init_method=init, ref_model=ref_path if "ref_logprobs" in algo.needs else None,
-                      num_gpus=gpus * share, **place(r))
+
+    def start_rollout() -> list:
+        return [actor(RolloutWorker, engine=engine, model_path=model, seed=cfg.train.seed + i,
+                      num_gpus=roll_gpus, **place(i, rres), **roll_kwargs, **restarts)
+                for i in range(n_roll)]
+    # Colocated: the learners load first, so that each vLLM engine sizes its cache
+    # from what they leave (it counts memory others take meanwhile as its own).
+    rollout = [] if shared else start_rollout()
+    learners = [actor(Learner, model, learner_params(cfg, bool(gpus)), rank=r, world_size=world,
+                      ref_model=ref if "ref_logprobs" in algo.needs else None, defer_join=True,
+                      num_gpus=gpus * share, **place(r, lres))
                 for r in range(world)]
+    address = join_world(learners)
     critics = []
     if algo.critic_terms:  # its own process group: one rank per learner rank
-        init_c = f"tcp://127.0.0.1:{free_port()}"
-        critics = [actor(Critic, model_path, critic_params(cfg), rank=r, world_size=world,
-                         init_method=init_c, num_gpus=gpus) for r in range(world)]
+        critics = [actor(Critic, model, critic_params(cfg, bool(gpus)), rank=r,
+                         world_size=world, defer_join=True, num_gpus=gpus * share,
+                         **place(r, lres))
+                   for r in range(world)]
+        join_world(critics)
+    rollout = rollout or start_rollout()
+    opts = dict(num_gpus=gpus * share, **restarts, **({"bundle": (bundles, 0)} if shared else {}))
+    reward = REWARD_ACTORS[algo.reward_source](cfg, algo, terms, opts)
+    log.info("learner world at %s; learner ranks on %s; rollout workers on %s", address,
+             ", ".join(node_ips(learners)), ", ".join(node_ips(rollout)))
     return Pools(rollout=rollout, reward=reward, learners=learners, critics=critics,
                  placement=bundles)
 
 
+def demands(cfg: Config, algo: Algorithm, gpus: float, engine: str,
+            lres: dict[str, float], rres: dict[str, float]) -> list[Demand]:
+    """What the run's actors ask of the cluster (rlft/run/resources.py)."""
+    world, n_roll = cfg.train.learner_workers, cfg.rollout.num_workers
+    critic = bool(algo.critic_terms)
+    if not gpus:  # CPU: one core per concurrently busy actor, phase by phase
+        out = [Demand("rollout workers", n_roll, rres, "rollout.num_workers", "rollout", 1.0),
+               Demand("learner ranks", world, lres, "train.learner_workers", "update", 1.0)]
+        if critic:
+            out.append(Demand("critic ranks", world, lres, "train.learner_workers", "update", 1.0))
+        return out
+    if cfg.rollout.mode == "colocated":  # everything shares the learners' bundles
+        return [Demand("learner ranks (each sharing its GPU with rollout workers)", world,
+                       {"GPU": 1.0, **lres}, "train.learner_workers")]
+    tp = cfg.rollout.tensor_parallel_size if engine == "vllm" else 1
+    out = [Demand("learner ranks", world, {"GPU": 1.0, **lres}, "train.learner_workers"),
+           Demand("rollout workers", n_roll, {"GPU": float(tp), **rres},
+                  "rollout.num_workers (x rollout.tensor_parallel_size)")]
+    if critic:
+        out.append(Demand("critic ranks", world, {"GPU": 1.0, **lres}, "train.learner_workers"))
+    if algo.reward_source == "self_reward":
+        out.append(Demand("self-reward scorers", 1, {"GPU": 1.0}, "algo.name"))
+    return out
+
+
 def _service(cfg: Config, algo: Algorithm, terms: list[RewardTerm], opts: dict) -> object:
-    opts = {**opts, "num_gpus": 0}  # reward functions run on CPU processes
+    opts = {k: v for k, v in opts.items() if k != "bundle"}
+    opts["num_gpus"] = 0  # reward functions run on CPU processes
     return actor(RewardService, terms, num_workers=cfg.reward.num_workers,
                  timeout_s=cfg.reward.timeout_s, fallback=cfg.reward.fallback,
                  max_failure_frac=cfg.reward.max_failure_frac, **opts)
@@ -194,22 +272,23 @@ def _service(cfg: Config, algo: Algorithm, terms: list[RewardTerm], opts: dict) 
 
 def _self_reward(cfg: Config, algo: Algorithm, terms: list[RewardTerm], opts: dict) -> object:
     a = algo.reward_args
-    return actor(SelfRewardScorer, resolve_model(a["sft_model"]), resolve_model(a["base_model"]),
-                 norm=a["norm"], eps=a["eps"], micro_batch_tokens=cfg.train.micro_batch_tokens,
-                 dtype=cfg.model.dtype, **opts)
+    resolve_model(a["sft_model"]), resolve_model(a["base_model"])  # fail here, not in the actor
+    return actor(SelfRewardScorer, a["sft_model"], a["base_model"], norm=a["norm"], eps=a["eps"],
+                 micro_batch_tokens=cfg.train.micro_batch_tokens,
+                 dtype=model_dtype(cfg, bool(opts.get("num_gpus"))), **opts)
 
 
 # Algorithm.reward_source -> the actor that scores rollouts (its verb: score).
 REWARD_ACTORS = {"service": _service, "self_reward": _self_reward}
 
 
-def critic_params(cfg: Config) -> CriticParams:
+def critic_params(cfg: Config, gpu: bool | None = None) -> CriticParams:
     t = cfg.train
     return CriticParams(lr=cfg.algo.ppo.critic_lr, weight_decay=t.weight_decay,
                         warmup_steps=optimizer_steps(cfg, t.warmup_steps),
                         total_steps=optimizer_steps(cfg, t.steps),  # as many as the policy
                         lr_schedule=t.lr_schedule, max_grad_norm=t.max_grad_norm,
-                        micro_batch_tokens=t.micro_batch_tokens, param_dtype=cfg.model.dtype,
+                        micro_batch_tokens=t.micro_batch_tokens, param_dtype=model_dtype(cfg, gpu),
                         seed=t.seed, grad_checkpointing=cfg.model.grad_checkpointing,
                         max_nonfinite_steps=t.max_nonfinite_steps)
 
