@@ -166,7 +166,7 @@ class TrainingLoop:
             yield
         finally:
             if self.colocated:
-                t.run("wake", self._rollout_all, "wake")
+                t.run("wake", self._hand_gpus_to_rollout)
 
     # -- the calls of a step ------------------------------------------------------
     def generate(self, batch: PromptBatch, step: int,
@@ -268,6 +268,12 @@ class TrainingLoop:
     def _rollout_all(self, verb: str) -> None:
         """Call the no-argument verb `verb` (sleep, wake) on every rollout worker."""
         ray.get([getattr(w, verb).remote() for w in self.pools.rollout])
+
+    def _hand_gpus_to_rollout(self) -> None:
+        """Colocated: learners and critics free their cached GPU blocks, then the
+        engines wake into that memory."""
+        ray.get([h.release_memory.remote() for h in [*self.pools.learners, *self.pools.critics]])
+        self._rollout_all("wake")
 
     def _logprobs(self, batch: TrainBatch, ref: bool) -> tuple[torch.Tensor, torch.Tensor]:
         world = len(self.pools.learners)

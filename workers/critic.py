@@ -29,11 +29,13 @@ from rlft.learner import checkpoint as learner_ckpt
 from rlft.learner.distributed import (
     init_process_group,
     pick_device,
+    release_cached_memory,
     shard_with_sum_reduction,
     world_plan,
 )
 from rlft.learner.driver import LR_SCHEDULES, LossDriver, Outputs, UpdateStats, lr_lambda
 from rlft.learner.microbatch import MicroBatch, check_batch, stand_in_inputs
+from rlft.learner.model import local_source
 from rlft.types import TrainBatch
 
 log = logging.getLogger("rlft.critic")
@@ -97,12 +99,21 @@ def load_backbone(source: str | Callable[[], nn.Module]) -> nn.Module:
 
 class Critic:
     def __init__(self, model: str | Callable[[], nn.Module], params: CriticParams,
-                 rank: int = 0, world_size: int = 1, init_method: str | None = None) -> None:
+                 rank: int = 0, world_size: int = 1, init_method: str | None = None,
+                 defer_join: bool = False) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"Critic rank={rank} must be in [0, world_size={world_size})")
         self.p, self.rank, self.world = params, rank, world_size
         self.device = pick_device(rank)
-        self._own_pg = init_process_group(self.device, rank, world_size, init_method)
+        self._own_pg = False
+        self._model = local_source(model)  # before the group exists: see Learner
+        if not defer_join:
+            self.join(init_method)
+
+    def join(self, init_method: str | None) -> None:
+        """As `Learner.join`: join the critic world, then build the value model."""
+        model, params = self._model, self.p
+        self._own_pg = init_process_group(self.device, self.rank, self.world, init_method)
         try:
             torch.manual_seed(params.seed)
             backbone = load_backbone(model)
@@ -116,7 +127,7 @@ class Critic:
                 params.warmup_steps, params.total_steps, params.lr_schedule, 0.0))
             self.driver = LossDriver(
                 "critic", self.model, self._forward, self.opt, self.sched, self._plan,
-                self.device, world_size, params.max_grad_norm, params.max_nonfinite_steps,
+                self.device, self.world, params.max_grad_norm, params.max_nonfinite_steps,
                 "check the returns for NaN or lower algo.ppo.critic_lr", _value_diagnostics)
         except BaseException:
             self.shutdown()
@@ -139,6 +150,10 @@ class Critic:
         v = self.model(ids, am)  # [b, cols]
         zeros = torch.zeros_like(v)  # the value loss reads no log-probs or advantages
         return Outputs(logprobs=zeros, entropy=zeros, values=v)
+
+    def release_memory(self) -> None:
+        """Colocated mode, after the update: free cached GPU blocks for the engines."""
+        release_cached_memory(self.device)
 
     @property
     def steps(self) -> int:

@@ -33,6 +33,7 @@ from rlft.learner import lora
 from rlft.learner.distributed import (
     init_process_group,
     pick_device,
+    release_cached_memory,
     shard_with_sum_reduction,
     world_plan,
 )
@@ -46,7 +47,13 @@ from rlft.learner.driver import (
 )
 from rlft.learner.lora import LoraParams
 from rlft.learner.microbatch import MicroBatch, check_batch, stand_in_inputs
-from rlft.learner.model import ModelSource, PolicyLogprobs, build_model, compile_layers
+from rlft.learner.model import (
+    ModelSource,
+    PolicyLogprobs,
+    build_model,
+    compile_layers,
+    local_source,
+)
 from rlft.types import TrainBatch
 from rlft.workers.weight_sync import GROUPS, BroadcastSender, WeightUpdate, publish
 
@@ -120,15 +127,28 @@ class Learner:
 
     def __init__(self, model: ModelSource, params: LearnerParams, rank: int = 0,
                  world_size: int = 1, init_method: str | None = None,
-                 ref_model: ModelSource | None = None) -> None:
+                 ref_model: ModelSource | None = None, defer_join: bool = False) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"Learner rank={rank} must be in [0, world_size={world_size})")
         self.p, self.rank, self.world = params, rank, world_size
         self.device = pick_device(rank)
         self._sender: BroadcastSender | None = None  # rank 0, broadcast weight transport
-        self._own_pg = init_process_group(self.device, rank, world_size, init_method)
+        self._own_pg = False
+        # Names resolve (an alias is built) on this rank's node, before any process
+        # group exists: inside one, transformers' save_pretrained leaves config.json
+        # to global rank 0, and a rank > 0 would build a folder without it.
+        self._sources = (local_source(model), local_source(ref_model))
+        if not defer_join:
+            self.join(init_method)
+
+    def join(self, init_method: str | None) -> None:
+        """Join the learner world at `init_method` and build the model; every
+        rank calls it. `defer_join=True` leaves this to the caller, which first
+        learns where rank 0 runs (on a cluster the rendezvous is rank 0's node
+        IP, known only once Ray has placed it: workers/placement.py `join_world`)."""
+        self._own_pg = init_process_group(self.device, self.rank, self.world, init_method)
         try:
-            self._build(model, ref_model)
+            self._build(*self._sources)
         except BaseException:
             self.shutdown()  # a half-built learner must not leave its group behind
             raise
@@ -246,6 +266,10 @@ class Learner:
     def _forward(self, ids: torch.Tensor, am: torch.Tensor, select: torch.Tensor) -> Outputs:
         return Outputs(*self.policy(ids, am, select))
 
+    def release_memory(self) -> None:
+        """Colocated mode, after the update: free cached GPU blocks for the engines."""
+        release_cached_memory(self.device)
+
     @property
     def steps(self) -> int:
         """Optimizer steps taken."""
@@ -295,15 +319,17 @@ class Learner:
             self._close_sync_group()
             self._sender = BroadcastSender(GROUPS.get(backend)(host, port, 0, world))
 
-    def stage_weights(self, version: int, bucket_bytes: int = 256 << 20) -> WeightUpdate | None:
-        """Gather the weights, left on the learner's device, for `send_weights`;
+    def stage_weights(self, version: int, bucket_bytes: int = 256 << 20,
+                      dtype: str | None = None) -> WeightUpdate | None:
+        """Gather the weights for `send_weights`, cast to the engines' `dtype`;
         rank 0 returns the metadata-only update for the rollout workers, others
-        None. Collective. Other ranks gather with cpu=True: the same collectives,
-        but each gathered tensor is dropped at once instead of kept on device."""
-        named = list(self.named_weights(cpu=self.rank != 0))
+        None. Collective. Gathered to host memory one tensor at a time (never
+        the whole fp32 model on rank 0's GPU); `send_weights` moves them to the
+        GPU bucket by bucket."""
+        named = list(self.named_weights(cpu=True))
         if self.rank != 0:
             return None
-        return self._sync_sender().stage(named, version, bucket_bytes)
+        return self._sync_sender().stage(named, version, bucket_bytes, dtype)
 
     def send_weights(self) -> int:
         """Rank 0 broadcasts the staged weights (while every engine worker

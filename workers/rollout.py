@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from rlft.algos.logprobs import logprobs_from_hidden
+from rlft.models import resolve_model
 from rlft.registry import Registry
 from rlft.types import PromptBatch, Rollouts
 from rlft.workers.weight_sync import GROUPS, SyncGroup, WeightUpdate, iter_update
@@ -157,8 +158,10 @@ class HFEngine:
     `params.seed=None` the second number is a per-engine call counter.
     """
 
-    def __init__(self, model_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu",
+    def __init__(self, model_path: str, dtype: torch.dtype = torch.float32, device: str = "auto",
                  seed: int = 0, max_batch: int = 64, score_chunk: int = 1024) -> None:
+        if device == "auto":  # the GPU Ray gave this actor, if any
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tok = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
         self.model.eval()
@@ -308,8 +311,12 @@ class RolloutWorker:
     def __init__(self, engine: str = "hf", model_path: str = "", seed: int = 0,
                  **engine_kwargs: Any) -> None:
         if not model_path:
-            raise ValueError("RolloutWorker needs model_path (a folder from rlft.models.resolve_model)")
-        self.engine: RolloutEngine = _engine_class(engine)(model_path, seed=seed, **engine_kwargs)
+            raise ValueError("RolloutWorker needs model_path (a folder, or a name for "
+                             "rlft.models.resolve_model)")
+        # Resolved here, on this worker's node: a built-in alias is built into
+        # this node's cache when the driver's node does not share its disk.
+        folder = resolve_model(model_path)
+        self.engine: RolloutEngine = _engine_class(engine)(folder, seed=seed, **engine_kwargs)
         self.asleep = False
         self._group: SyncGroup | None = None  # for "nccl" updates into an in-process engine
 

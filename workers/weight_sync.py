@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import torch
 
+from rlft.learner.distributed import bound_store
 from rlft.registry import Registry
 
 Named = tuple[str, torch.Tensor]
@@ -90,7 +91,8 @@ class GlooGroup:
 
         timeout = timedelta(seconds=timeout_s)
         self.rank, self.world, self.device = rank, world, torch.device("cpu")
-        self._store = dist.TCPStore(host, port, world, is_master=rank == 0, timeout=timeout)
+        # Bound to rank 0's node address, gloo on the interface towards it (cross-node).
+        self._store = bound_store(f"tcp://{host}:{port}", rank, world, timeout)
         self._pg = dist.ProcessGroupGloo(self._store, rank, world, timeout)
 
     def broadcast(self, tensor: torch.Tensor, src: int) -> None:
@@ -261,9 +263,11 @@ class BroadcastSender:
     """Learner rank 0's side of the "nccl" transport, in two phases because
     receivers need the metadata before the first broadcast:
 
-    1. `stage(named, version)`: keep the tensors (on the group's device) and
-       return the update, metadata only, for the rollout workers;
-    2. `send()`, while every worker receives that update: broadcast them.
+    1. `stage(named, version, dtype=...)`: keep the tensors (host memory, in
+       the engines' dtype) and return the update, metadata only, for the
+       rollout workers;
+    2. `send()`, while every worker receives that update: broadcast them,
+       bucket by bucket through the group's device.
 
     Wiring (rollout.weight_transport=broadcast): `Learner.init_sync_group`
     builds `BroadcastSender(GROUPS.get(backend)(host, port, 0, world))` on rank
@@ -279,10 +283,15 @@ class BroadcastSender:
         self.group = group
         self._staged: list[list[Named]] | None = None
 
-    def stage(self, named: Iterable[Named], version: int,
-              bucket_bytes: int = 256 << 20) -> WeightUpdate:
-        buckets = [[(n, t.detach().to(self.group.device).contiguous()) for n, t in b]
-                   for b in bucketize(named, bucket_bytes)]
+    def stage(self, named: Iterable[Named], version: int, bucket_bytes: int = 256 << 20,
+              dtype: str | None = None) -> WeightUpdate:
+        """Keep the tensors where they are (host memory, from the learner's
+        gather), floating ones cast to `dtype` (the engines'; None: as they are),
+        and return the metadata-only update."""
+        cast = getattr(torch, dtype) if dtype else None
+        named = ((n, t.detach().to(cast) if cast is not None and t.is_floating_point()
+                  else t.detach()) for n, t in named)
+        buckets = list(bucketize(named, bucket_bytes))
         self._staged = buckets
         meta = tuple([(n, list(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in b]
                      for b in buckets)
@@ -290,11 +299,17 @@ class BroadcastSender:
                             num_tensors=sum(len(b) for b in buckets), transport="nccl")
 
     def send(self) -> int:
-        """Broadcast the staged tensors in the update's order; returns how many."""
+        """Broadcast the staged tensors in the update's order, one bucket at a
+        time on the group's device (at most one bucket there); returns how many."""
         if self._staged is None:
             raise RuntimeError("BroadcastSender.send() before stage(): nothing to broadcast")
         buckets, self._staged = self._staged, None
-        for bucket in buckets:
-            for _, tensor in bucket:
+        sent = 0
+        while buckets:
+            bucket = buckets.pop(0)  # each host copy goes once its bucket is sent
+            on_device = [t.to(self.group.device).contiguous() for _, t in bucket]
+            for tensor in on_device:
                 self.group.broadcast(tensor, src=0)
-        return sum(len(b) for b in buckets)
+            sent += len(on_device)
+            del on_device, bucket
+        return sent

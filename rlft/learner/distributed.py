@@ -1,12 +1,15 @@
 """Process set-up and the collectives the loss driver needs: device, process
-group (with a loopback-only store for a local rendezvous), FSDP2 sharding with
+group (its store bound to rank 0's node address only), FSDP2 sharding with
 sum reduction, the world-padded micro-batch plan, global counts and metric sums."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
+import struct
 from collections.abc import Sequence
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -27,7 +30,10 @@ def pick_device(rank: int) -> torch.device:
 
 def init_process_group(device: torch.device, rank: int, world: int,
                        init_method: str | None) -> bool:
-    """Join (or reuse) the default process group; True when this call created it."""
+    """Join (or reuse) the default process group; True when this call created it.
+
+    `init_method`: `tcp://HOST:PORT`, where HOST is rank 0's node (its IP on a
+    cluster, 127.0.0.1 on one machine) and PORT free there; see `rendezvous`."""
     if dist.is_initialized():
         if dist.get_world_size() != world or dist.get_rank() != rank:
             raise RuntimeError(
@@ -38,9 +44,9 @@ def init_process_group(device: torch.device, rank: int, world: int,
         if world != 1:
             raise ValueError(f"world_size={world} needs init_method (e.g. 'tcp://HOST:PORT', "
                              "the same on every rank)")
-        init_method = f"tcp://127.0.0.1:{_free_port()}"
+        init_method = rendezvous("127.0.0.1")
     backend = "nccl" if device.type == "cuda" else "gloo"
-    store = _loopback_store(init_method, rank, world)
+    store = bound_store(init_method, rank, world)
     if store is not None:
         dist.init_process_group(backend, store=store, rank=rank, world_size=world)
     else:
@@ -48,37 +54,80 @@ def init_process_group(device: torch.device, rank: int, world: int,
     return True
 
 
-def _free_port() -> int:
-    """A free loopback port (not rlft.workers.placement's: that module imports Ray,
-    which a single-process learner, e.g. the benchmarks, must not need)."""
+def rendezvous(host: str) -> str:
+    """`tcp://HOST:PORT` with a port free on `host`, an address of this machine:
+    call it on the node that will host rank 0's store."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        sock.bind((host, 0))
+        return f"tcp://{host}:{sock.getsockname()[1]}"
 
 
-def _loopback_store(init_method: str, rank: int, world: int) -> dist.TCPStore | None:
-    """For a `tcp://127.0.0.1:PORT` rendezvous, a store that listens on loopback only.
+def bound_store(init_method: str, rank: int, world: int,
+                timeout: timedelta | None = None) -> dist.TCPStore | None:
+    """For a `tcp://HOST:PORT` rendezvous, a store that listens on HOST only.
 
     torch's TCPStore server listens on every interface, whatever host the URL
-    names, and takes no password; rank 0 binds the port on 127.0.0.1 itself and
-    hands the socket over. Gloo is pointed at the loopback interface as well.
+    names, and takes no password; rank 0 binds the port on HOST itself (its
+    node IP on a cluster, loopback on one machine) and hands the socket over.
+    Gloo is pointed at the interface that reaches HOST from this rank: left to
+    itself it takes the address the machine's hostname resolves to, which
+    need not be on the network the ranks share.
     """
     host, _, port = init_method.removeprefix("tcp://").rpartition(":")
-    if not init_method.startswith("tcp://") or host not in ("127.0.0.1", "localhost"):
+    if not init_method.startswith("tcp://") or not host:
         return None
-    if os.path.exists("/sys/class/net/lo"):
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    host = "127.0.0.1" if host == "localhost" else host
+    iface = interface_towards(host)
+    if iface is not None:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", iface)
     fd = None
     if rank == 0:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", int(port)))
+        sock.bind((host, int(port)))
         sock.listen()
         fd = sock.detach()  # the store owns the socket from here on
     from torch.distributed.constants import default_pg_timeout
 
-    return dist.TCPStore("127.0.0.1", int(port), world, rank == 0, timeout=default_pg_timeout,
+    return dist.TCPStore(host, int(port), world, rank == 0, timeout=timeout or default_pg_timeout,
                          master_listen_fd=fd)
+
+
+def interface_towards(host: str) -> str | None:
+    """The name of this machine's network interface whose address routes to
+    `host` (Linux; None elsewhere or when no interface holds that address).
+
+    >>> interface_towards("127.0.0.1")
+    'lo'
+    """
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, 9))  # UDP: no packet is sent, the kernel only routes
+            local = probe.getsockname()[0]
+        for _, name in socket.if_nameindex():
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                try:
+                    req = struct.pack("256s", name.encode()[:15])
+                    addr = socket.inet_ntoa(fcntl.ioctl(s.fileno(), SIOCGIFADDR, req)[20:24])
+                except OSError:  # no IPv4 address on this interface
+                    continue
+            if addr == local:
+                return name
+    except (OSError, AttributeError):
+        return None
+    return None
+
+
+SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Give the CUDA allocator's cached, unused blocks back to the device: in
+    colocated mode the rollout engines wake into this GPU next and size nothing
+    from what the learner only keeps cached. Nothing to do on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
 
 
 def shard_with_sum_reduction(module: nn.Module, layers: Sequence[nn.Module],

@@ -4,8 +4,9 @@ Two transports (rollout.weight_transport, resolved by `rlft.run.wiring.weight_tr
 - ray: the learner `ray.put`s its weights in buckets and every worker reads
   them from the object store (workers/weight_sync.py `publish`).
 - broadcast: learner rank 0 and every engine worker form one sync group at
-  start-up (`connect`); a sync stages the weights on rank 0, hands the workers
-  the metadata-only update and broadcasts the tensors while they receive.
+  start-up (`connect`); a sync gathers the weights to rank 0's host memory in
+  the engines' dtype, hands the workers the metadata-only update and
+  broadcasts the tensors bucket by bucket while they receive.
 
 A rollout worker that Ray restarted has lost its place in the group, and the
 others would wait on it at the next broadcast until the group's timeout. The
@@ -35,9 +36,10 @@ class WeightSync:
     rollout worker, its tensor-parallel size."""
 
     def __init__(self, learners: Sequence[Any], rollout: Sequence[Any], backend: str | None,
-                 workers_per_engine: int = 1) -> None:
+                 workers_per_engine: int = 1, dtype: str | None = None) -> None:
         self.learners, self.rollout = list(learners), list(rollout)
         self.backend, self.per_engine = backend, workers_per_engine
+        self.dtype = dtype  # the engines' (broadcast: weights travel in it)
 
     @property
     def transport(self) -> str:
@@ -66,7 +68,8 @@ class WeightSync:
             return
         if rejoin:
             self.connect()
-        update = ray.get([lrn.stage_weights.remote(version) for lrn in self.learners])[0]
+        update = ray.get([lrn.stage_weights.remote(version, dtype=self.dtype)
+                          for lrn in self.learners])[0]
         # Sender and receivers run together: each receiver posts the broadcasts
         # the metadata announces (and drains them if its load fails).
         ray.get([self.learners[0].send_weights.remote(),

@@ -68,7 +68,16 @@ def test_rollout_config_reaches_the_engine_and_hf_refuses_vllm_settings():
         "float16"
     # transformers takes the dtype and refuses what only vLLM understands.
     assert engine_kwargs(load_config(None, ["rollout.mode=colocated"]), "hf") == \
-        {"dtype": torch.float32}
+        {"dtype": torch.float32, "device": "cpu"}
+    # On GPUs: model.dtype=auto is bfloat16, the transformers engine runs on the
+    # actor's GPU, and engines sharing a GPU split gpu_memory_utilization.
+    assert engine_kwargs(load_config(), "hf", gpu=True) == \
+        {"dtype": torch.bfloat16, "device": "cuda"}
+    got = engine_kwargs(load_config(None, ["rollout.mode=colocated"]), "vllm", gpu=True,
+                        engines_per_gpu=2)
+    assert (got["dtype"], got["gpu_memory_utilization"]) == ("bfloat16", 0.25)
+    assert engine_kwargs(load_config(None, ["model.dtype=float32"]), "vllm",
+                         gpu=True)["dtype"] == "float32"
     with pytest.raises(ConfigError, match=r"rollout.tensor_parallel_size=2, "
                                           r"rollout.kv_cache_gb=1.0: vLLM-only"):
         engine_kwargs(load_config(None, ["rollout.tensor_parallel_size=2",

@@ -217,6 +217,12 @@ def test_broadcast_sender_stages_metadata_in_bucket_order():
         sender.send()  # the staged tensors went with the first send
     with pytest.raises(RuntimeError, match="no sync group"):
         list(iter_update(update))
+    # In the engines' dtype: floating tensors are cast (halving what travels), others kept.
+    cast = sender.stage(items + [("ids", torch.arange(3))], version=8, bucket_bytes=16,
+                        dtype="bfloat16")
+    assert [m[2] for b in cast.buckets for m in b] == ["bfloat16"] * 4 + ["int64"]
+    assert [len(b) for b in cast.buckets] == [3, 1, 1]  # 6 + 2 + 8 bytes, 12, 24
+    assert sender.send() == 5
     with pytest.raises(ValueError, match="rank 0"):
         BroadcastSender(types.SimpleNamespace(rank=1, device=torch.device("cpu")))
     group.close()
