@@ -163,3 +163,19 @@ def test_weights_stay_on_the_gpu_when_asked():
     assert all(not t.is_cuda for t in on_cpu.values())
     for k, t in on_cpu.items():
         torch.testing.assert_close(on_gpu[k].cpu(), t, atol=0, rtol=0)
+
+
+def test_gpu_defaults_engine_on_the_gpu_and_cached_blocks_released(tiny_model_path):
+    """An actor holding a GPU: the transformers engine runs there unasked, and a
+    colocated learner hands its cached blocks back before the engines wake."""
+    from rlft.learner.distributed import release_cached_memory
+    from rlft.workers.rollout import HFEngine
+
+    eng = HFEngine(tiny_model_path)
+    assert eng.device.type == "cuda" and next(eng.model.parameters()).is_cuda
+    del eng
+    block = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    del block
+    assert torch.cuda.memory_reserved() >= 256 << 20  # freed, but still cached
+    release_cached_memory(torch.device("cuda"))
+    assert torch.cuda.memory_reserved() < 256 << 20
