@@ -82,7 +82,7 @@ def _train(args: list[str]) -> int:
     p.add_argument("items", nargs="*", help="optional CONFIG.yaml, then key.sub=value overrides")
     p.add_argument("--resume", default=None, help="'auto' (newest complete checkpoint) or a path")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    ns = p.parse_args(args)
+    ns = p.parse_intermixed_args(args)  # overrides may follow --resume
     path = ns.items[0] if ns.items and "=" not in ns.items[0] else None
     overrides = ns.items[1:] if path else ns.items
     cfg = load_config(path, overrides)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 import ray
 import torch
@@ -34,6 +35,8 @@ from rlft.run.tracking import make_sinks
 from rlft.run.wiring import build_pools, build_prompts_for, build_weight_sync, sampling_params
 from rlft.types import PromptBatch, Rollouts, ScoredRollouts, StepMetrics, TrainBatch
 from rlft.workers.rollout import SamplingParams
+
+T = TypeVar("T")
 
 log = logging.getLogger("rlft")
 
@@ -178,7 +181,7 @@ class TrainingLoop:
             return ray.get([w.generate.remote(s, params)
                             for w, s in zip(self.pools.rollout, shards) if s.prompts])
 
-        parts = run()
+        parts = self._through_restarts(run)
         if any(p.policy_version != self.version for p in parts):
             # A worker that Ray restarted (ray.max_restarts) holds its initial weights:
             # send the current ones and generate again (seeded: the same samples).
@@ -187,7 +190,7 @@ class TrainingLoop:
                         sorted({p.policy_version for p in parts}), self.version)
             # Its broadcast group membership is gone too: the group is rebuilt first.
             self.sync_weights(rejoin=True)
-            parts = run()
+            parts = self._through_restarts(run)
         out = Rollouts.concat(parts)
         if out.policy_version != self.version:
             raise RuntimeError(f"rollouts came from policy version {out.policy_version}, "
@@ -253,8 +256,19 @@ class TrainingLoop:
 
     def sync_weights(self, rejoin: bool = False) -> None:
         """The learner's weights, as version self.version, into every rollout worker
-        (rlft/run/weight_push.py); `rejoin`: rebuild the broadcast group first."""
-        self.weights.push(self.version, rejoin)
+        (rlft/run/weight_push.py); `rejoin`: rebuild the broadcast group first.
+        A worker lost mid-sync (its node died) breaks the broadcast for everyone:
+        once Ray has restarted it, the sync runs again over a new group."""
+        try:
+            self.weights.push(self.version, rejoin)
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
+            if not self._rollout_lost():
+                raise  # every worker answers: a real error, not a lost worker
+            log.warning("a rollout worker was lost during the weight sync (%s); waiting up to "
+                        "%.0f s for Ray to restart it, then syncing again",
+                        str(exc).splitlines()[0][:200], self.cfg.ray.restart_timeout_s)
+            self._wait_for_rollout(time.monotonic() + self.cfg.ray.restart_timeout_s)
+            self.weights.push(self.version, rejoin=True)
 
     def evaluate(self) -> dict[str, float]:
         """Held-out pass@k and reward on the running rollout workers (rlft/commands/evaluate.py)."""
@@ -265,6 +279,41 @@ class TrainingLoop:
         return out
 
     # -- helpers ------------------------------------------------------------
+    def _through_restarts(self, call: Callable[[], T]) -> T:
+        """`call()`, a call into the rollout workers. When one is unavailable (its
+        node died; Ray restarts it elsewhere, ray.max_restarts), wait for every
+        worker to answer again, ray.restart_timeout_s at most, and call again: a
+        restarted worker answers with policy version 0 and gets the weights."""
+        deadline = time.monotonic() + self.cfg.ray.restart_timeout_s
+        while True:
+            try:
+                return call()
+            except ray.exceptions.ActorUnavailableError as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("a rollout worker is unavailable (%s); waiting up to %.0f s for "
+                            "Ray to restart it", str(exc).splitlines()[0][:200],
+                            deadline - time.monotonic())
+                self._wait_for_rollout(deadline)
+
+    def _rollout_lost(self) -> bool:
+        try:
+            ray.get([w.policy_version.remote() for w in self.pools.rollout], timeout=10)
+            return False
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorUnavailableError):
+            return True
+
+    def _wait_for_rollout(self, deadline: float) -> None:
+        while True:
+            try:
+                ray.get([w.policy_version.remote() for w in self.pools.rollout],
+                        timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+                return
+            except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorUnavailableError):
+                if time.monotonic() >= deadline:
+                    return  # the caller's next call raises what is wrong
+                time.sleep(1.0)
+
     def _rollout_all(self, verb: str) -> None:
         """Call the no-argument verb `verb` (sleep, wake) on every rollout worker."""
         ray.get([getattr(w, verb).remote() for w in self.pools.rollout])

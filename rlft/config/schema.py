@@ -325,6 +325,10 @@ class RayConfig:
                             "are never restarted: their state is in the last checkpoint).", lo=0)
     max_task_retries: int = doc(3, "Times a call to a restarted rollout or reward actor is "
                                 "retried before the step fails.", lo=0)
+    restart_timeout_s: float = doc(300.0, "Seconds to wait for Ray to restart a rollout worker "
+                                   "that became unavailable mid-call (its node died: on a "
+                                   "surviving or replacement node) before the run stops with "
+                                   "its resume command.", lo=0.0)
     learner_resources: dict = doc({}, "Custom Ray resources each learner (and critic) rank "
                                   "reserves, e.g. {trainer: 1}: ranks go only to nodes started "
                                   "with `ray start --resources='{\"trainer\": N}'`.")

@@ -66,7 +66,7 @@ def test_train_resume_and_node_fault_across_three_nodes():
             assert (node.cache / "models" / "tiny-random" / "config.json").is_file(), node.name
 
         # Resume on the cluster, and kill the rollout worker's node once a step is done.
-        resume = train_cmd(c.shared, 7, "--resume", "auto")
+        resume = train_cmd(c.shared, 7, "--resume", "auto", "ray.restart_timeout_s=150")
         job = c.start_job(resume)
         deadline = time.time() + 120
         while len(metrics(run)) < 4 and time.time() < deadline:
@@ -74,22 +74,19 @@ def test_train_resume_and_node_fault_across_three_nodes():
         assert len(metrics(run)) >= 4, c.job_logs(job)[-3000:]
         killed_after = len(metrics(run)) - 1
         c.nodes[2].stop()  # its raylet and every process in its namespace
-        c.add_node({"rollout": 1})  # a replacement node for the rollout worker
-        status, logs = c.wait_job(job, timeout_s=200), c.job_logs(job)
-        assert "resumed from" in logs and "at step 3" in logs, logs[-3000:]
-        if status != "SUCCEEDED":  # the run stopped; it must say why and how to go on
-            assert "A worker died" in logs and "continue with:" in logs, logs[-3000:]
-            assert logs.count("--resume auto") == 1, logs[-1000:]
-            intact = sorted(p.name for p in (run / "checkpoints").iterdir())
-            status, logs = c.submit(resume, timeout_s=150)
-        else:
-            intact = []
+        replacement = c.add_node({"rollout": 1})  # Ray restarts the rollout worker there
+        status, logs = c.wait_job(job, timeout_s=240), c.job_logs(job)
         assert status == "SUCCEEDED", logs[-4000:]
         after = metrics(run)
         assert (run / "checkpoints" / "step-000007").is_dir()
+    assert "resumed from" in logs and "at step 3" in logs, logs[-3000:]
+    # The run went on: it waited for the restart (the kill lands mid-generate or
+    # mid-sync), then the restarted worker got the current weights.
+    assert ("a rollout worker is unavailable" in logs
+            or "a rollout worker was lost during the weight sync" in logs), logs[-3000:]
+    assert f"ip={replacement.ip}" in logs, logs[-3000:]  # the worker's new node
     steps = [m["step"] for m in after]
     lost = sorted(set(range(7)) - set(steps))
-    print(f"\nnode fault after step {killed_after}: run "
-          f"{'stopped, resumed from ' + intact[-1] if intact else 'went on'}; steps lost {lost}")
+    print(f"\nnode fault after step {killed_after}: the run went on; steps lost {lost}")
     assert steps == list(range(7)) and not lost, steps  # every step exactly once
     assert [m["policy_version"] for m in after] == list(range(7))
