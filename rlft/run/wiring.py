@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 
+import ray
+
 from rlft.algos.contract import Algorithm
 from rlft.config import Config, ConfigError
 from rlft.data.prompts import build_prompts
@@ -228,6 +230,8 @@ def build_pools(cfg: Config, algo: Algorithm) -> Pools:
                          **place(r, lres))
                    for r in range(world)]
         join_world(critics)
+    if shared:  # what loading left in the allocator's cache is not theirs to keep
+        ray.get([h.release_memory.remote() for h in [*learners, *critics]])
     rollout = rollout or start_rollout()
     opts = dict(num_gpus=gpus * share, **restarts, **({"bundle": (bundles, 0)} if shared else {}))
     reward = REWARD_ACTORS[algo.reward_source](cfg, algo, terms, opts)
