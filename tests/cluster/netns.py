@@ -125,6 +125,9 @@ class Cluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RLFT_"))}
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,
                    RAY_USAGE_STATS_ENABLED="0", RLFT_CACHE=str(node.cache),
+                   # A killed node is declared dead in ~3 s instead of ~15 s.
+                   RAY_health_check_period_ms="1000", RAY_health_check_timeout_ms="1000",
+                   RAY_health_check_failure_threshold="3",
                    HOME=str(node.folder), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
         return env
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -79,6 +80,9 @@ def test_train_resume_and_node_fault_across_three_nodes():
         assert status == "SUCCEEDED", logs[-4000:]
         after = metrics(run)
         assert (run / "checkpoints" / "step-000007").is_dir()
+    # Every namespace (and with it every link and address) is gone again.
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"rlft{c.tag}" not in listed, listed
     assert "resumed from" in logs and "at step 3" in logs, logs[-3000:]
     # The run went on: it waited for the restart (the kill lands mid-generate or
     # mid-sync), then the restarted worker got the current weights.
