@@ -135,15 +135,20 @@ def gpu_bundles(n: int, extra: dict[str, float] | None = None, timeout_s: float 
         raise PlacementTimeout(
             f"the cluster did not place {n} bundles of {bundle} (one per learner rank, shared "
             f"with its rollout workers) in {timeout_s:g} s; it holds "
-            f"{_fmt(ray.available_resources())} free: lower train.learner_workers, add GPUs, "
+            f"{describe_resources(ray.available_resources())} free: lower train.learner_workers, add GPUs, "
             "or raise ray.placement_timeout_s if nodes are still joining") from None
     return group
 
 
-def _fmt(resources: dict[str, float]) -> str:
-    keep = {k: v for k, v in resources.items() if not k.startswith(("node:", "memory",
-                                                                      "object_store"))}
-    return ", ".join(f"{v:g} {k}" for k, v in sorted(keep.items())) or "nothing"
+def describe_resources(resources: dict[str, float]) -> str:
+    """Ray resources for a message: CPUs, GPUs and custom ones, not Ray's own.
+
+    >>> describe_resources({"CPU": 2.0, "memory": 1e9, "node:10.0.0.2": 1.0, "trainer": 1.0})
+    '2 CPU, 1 trainer'
+    """
+    shown = {k: v for k, v in resources.items()
+             if not k.startswith(("node:", "memory", "object_store", "accelerator_type"))}
+    return ", ".join(f"{v:g} {k}" for k, v in sorted(shown.items())) or "nothing"
 
 
 @dataclass

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 
 from rlft.config import ConfigError
+from rlft.workers.placement import describe_resources as _fmt
 
 
 @dataclass(frozen=True)
@@ -79,12 +80,6 @@ def check_fits(demands: list[Demand], nodes: list[dict[str, float]]) -> None:
 
 def _fits(each: dict[str, float], node: dict[str, float]) -> bool:
     return all(node.get(k, 0.0) + 1e-9 >= v for k, v in each.items())
-
-
-def _fmt(resources: dict[str, float]) -> str:
-    shown = {k: v for k, v in resources.items()
-             if not k.startswith(("node:", "memory", "object_store", "accelerator_type"))}
-    return ", ".join(f"{v:g} {k}" for k, v in sorted(shown.items())) or "nothing"
 
 
 def custom(cfg_resources: dict, setting: str) -> dict[str, float]:
