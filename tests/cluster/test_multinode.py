@@ -84,10 +84,13 @@ def test_train_resume_and_node_fault_across_three_nodes():
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"rlft{c.tag}" not in listed, listed
     assert "resumed from" in logs and "at step 3" in logs, logs[-3000:]
-    # The run went on: it waited for the restart (the kill lands mid-generate or
-    # mid-sync), then the restarted worker got the current weights.
-    assert ("a rollout worker is unavailable" in logs
-            or "a rollout worker was lost during the weight sync" in logs), logs[-3000:]
+    # The run went on, whichever call the kill hit: Ray's own task retries may
+    # already reach the restarted worker (it answers with version 0 and gets the
+    # weights), or the loop waits for the restart mid-generate or mid-sync.
+    assert any(m in logs for m in ("a rollout worker was restarted; re-sending the weights",
+                                   "a rollout worker is unavailable",
+                                   "a rollout worker was lost during the weight sync")), \
+        logs[-3000:]
     assert f"ip={replacement.ip}" in logs, logs[-3000:]  # the worker's new node
     steps = [m["step"] for m in after]
     lost = sorted(set(range(7)) - set(steps))
