@@ -1,79 +1,42 @@
 """`tool_call`: did the completion call the right tool with the right arguments?
 
-Calls are read in the common formats: `<tool_call>{...}</tool_call>` blocks
-(Hermes/Qwen), or JSON anywhere in the text (code fences and prose tolerated)
-holding a call `{"name": ..., "arguments": {...}}` (`arguments` may be a JSON
-string; `parameters` is accepted for it), an OpenAI `{"function": {...}}` entry,
-a `{"tool_calls": [...]}` message, or a list of any of these.
+Calls are read in the common formats (`<tool_call>` blocks, JSON calls,
+OpenAI entries and messages; see `rlft.rewards.tool_parse`).
 
 Tools (`tools`) are OpenAI function specs `{"type": "function", "function":
 {"name", "description", "parameters"}}` or bare `{"name", "parameters"}`. The
-reference (`answer`) is one call or a list, as objects or JSON text. Reference
-calls are paired with predicted calls by name first, then in order.
+parameters are JSON Schema, or the Gorilla / BFCL dialect with Python type
+names (`dict`, `float`, `tuple`, `any`, ...), mapped to JSON Schema
+(`rlft.rewards.tool_schema`). The reference (`answer`) is one call or a list,
+as objects or JSON text: a plain call (every argument required, that value),
+rlft's explicit form with `alternatives` and `optional` arguments, or the BFCL
+form `{"fn": {"arg": [accepted, ...]}}` where `""` marks an argument that may
+be left out (`rlft.rewards.tool_parse`). Reference calls are paired with
+predicted calls by name first, then in order.
 
 Parts (each in [0, 1], averaged over max(#predicted, #reference) calls, logged
 as `tool_call/<part>`): `parsed` (any call found), `name` (names the reference
 call; without a reference: names a tool in `tools`), `arg_names` (only declared
 arguments, all required ones present), `arg_types` (arguments validate against
-the tool's parameter schema), `values` (reference argument values matched,
-over the union of predicted and reference argument names, so extra arguments
-cost). `total` is the weighted mean of the parts that have their inputs.
+the tool's parameter schema), `values` (argument values accepted by the
+reference, over the predicted arguments plus the reference's required ones, so
+extra arguments cost and omitted optional ones do not). `total` is the
+weighted mean of the parts that have their inputs.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from rlft.rewards.base import reward
-from rlft.rewards.jsontext import as_json, conforms, find_json, loads_or_none, same
+from rlft.rewards.jsontext import as_json, conforms
+from rlft.rewards.tool_parse import Call, Reference, parse_calls, references
+from rlft.rewards.tool_schema import to_json_schema
 
+__all__ = ["Call", "parse_calls", "tool_call"]
+DIALECT = ("dict", "float", "tuple", "any", "list", "int", "bool", "str")
 WEIGHTS = {"parsed": 1.0, "name": 2.0, "arg_names": 1.0, "arg_types": 1.0, "values": 2.0}
-MAX_DEPTH = 8
-TAGGED = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class Call:
-    name: str
-    arguments: dict[str, Any] | None  # None: present but not a JSON object
-
-
-def parse_calls(text: str) -> list[Call]:
-    """Every tool call in `text` (see the module docstring for the formats).
-
-    >>> parse_calls('<tool_call>{"name": "f", "arguments": "{\\\\"x\\\\": 1}"}</tool_call>')
-    [Call(name='f', arguments={'x': 1})]
-    >>> parse_calls('[{"name": "f", "arguments": {}}, {"name": "g", "parameters": {"y": 2}}]')
-    [Call(name='f', arguments={}), Call(name='g', arguments={'y': 2})]
-    """
-    tagged = TAGGED.findall(text)
-    if tagged:
-        return [c for block in tagged for c in _calls(loads_or_none(block.strip()))]
-    return _calls(find_json(text)[0])
-
-
-def _calls(value: Any, depth: int = 0) -> list[Call]:
-    # Real calls nest 3 levels at most; deeper JSON ("[[[[...") must not exhaust the stack.
-    if depth > MAX_DEPTH:
-        return []
-    if isinstance(value, list):
-        return [c for v in value for c in _calls(v, depth + 1)]
-    if not isinstance(value, dict):
-        return []
-    if isinstance(value.get("tool_calls"), list):
-        return _calls(value["tool_calls"], depth + 1)
-    if isinstance(value.get("function"), dict):
-        return _calls(value["function"], depth + 1)
-    name = value.get("name")
-    if not isinstance(name, str):
-        return []
-    args = value.get("arguments", value.get("parameters", {}))
-    if isinstance(args, str):
-        args = loads_or_none(args)
-    return [Call(name, args if isinstance(args, dict) else None)]
 
 
 def _specs(tools: Any) -> dict[str, dict]:
@@ -84,11 +47,12 @@ def _specs(tools: Any) -> dict[str, dict]:
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             raise ValueError(f"tool_call: row field 'tools' has an entry that is not a function "
                              f"spec ({{'name', 'parameters'}}): {str(spec)[:80]!r}")
-        specs[fn["name"]] = fn.get("parameters") or {"type": "object", "properties": {}}
+        specs[fn["name"]] = to_json_schema(fn.get("parameters")) or {"type": "object",
+                                                                      "properties": {}}
     return specs
 
 
-@reward("tool_call")
+@reward("tool_call", reads=("answer", "tools"))
 def tool_call(completion: str, *, tools: Any = None, answer: Any = None,
               weights: Mapping[str, float] | None = None, **fields: Any) -> dict[str, float]:
     """Part scores and their weighted mean (`total`); see the module docstring.
@@ -106,13 +70,21 @@ def tool_call(completion: str, *, tools: Any = None, answer: Any = None,
     (1.0, 0.0, 0.0, 0.5)
     >>> tool_call("I cannot help with that.", tools=tools, answer=ref)["total"]
     0.0
+
+    BFCL data: Python type names, a reference with an omissible argument (`""`):
+
+    >>> area = [{"name": "area", "parameters": {"type": "dict", "properties": {
+    ...     "base": {"type": "float"}, "unit": {"type": "string"}}, "required": ["base"]}}]
+    >>> tool_call('{"name": "area", "arguments": {"base": 10}}', tools=area,
+    ...           answer=[{"area": {"base": [10], "unit": ["units", ""]}}])["total"]
+    1.0
     """
     w = {**WEIGHTS, **(weights or {})}
     if set(w) - set(WEIGHTS):
         raise ValueError(f"tool_call: unknown weights {sorted(set(w) - set(WEIGHTS))}; "
                          f"parts are {', '.join(WEIGHTS)}")
     specs = _specs(tools) if tools is not None else None
-    refs = _reference(answer)
+    refs = references(answer)
     calls = parse_calls(completion)
     parts = {"parsed": float(bool(calls))}
     if calls or refs:
@@ -122,22 +94,13 @@ def tool_call(completion: str, *, tools: Any = None, answer: Any = None,
     return {"total": total if calls else 0.0, **parts}
 
 
-def _reference(answer: Any) -> list[Call] | None:
-    if answer is None:
-        return None
-    calls = parse_calls(answer) if isinstance(answer, str) else _calls(answer)
-    if not calls:
-        raise ValueError(f"tool_call: row field 'answer' holds no tool call "
-                         f"({{'name', 'arguments'}} or a list of them): {str(answer)[:80]!r}")
-    return calls
-
-
-def _pair(calls: list[Call], refs: list[Call] | None) -> list[tuple[Call | None, Call | None]]:
+def _pair(calls: list[Call], refs: list[Reference] | None
+          ) -> list[tuple[Call | None, Reference | None]]:
     """(predicted, reference) pairs: same names first, the rest in order."""
     if refs is None:
         return [(c, None) for c in calls]
     free = list(calls)
-    pairs: list[tuple[Call | None, Call | None]] = []
+    pairs: list[tuple[Call | None, Reference | None]] = []
     unmatched = []
     for r in refs:
         hit = next((c for c in free if c.name == r.name), None)
@@ -178,12 +141,10 @@ def _check_args(call: Call, schema: dict) -> tuple[bool, bool]:
     required = set(schema.get("required", []))
     names_ok = set(call.arguments) <= declared and required <= set(call.arguments)
     return names_ok, conforms(call.arguments, schema, f"tool_call: the parameters of tool "
-                              f"{call.name!r} in row field 'tools' are not a valid JSON Schema")
+                              f"{call.name!r} in row field 'tools' are not a valid JSON Schema "
+                              f"(types: JSON Schema's, or {', '.join(DIALECT)}, ... as in BFCL "
+                              f"data; see rlft.rewards.tool_schema)")
 
 
-def _values(call: Call, ref: Call) -> float:
-    got, want = call.arguments or {}, ref.arguments or {}
-    keys = got.keys() | want.keys()
-    if not keys:
-        return 1.0
-    return sum(k in got and k in want and same(got[k], want[k]) for k in keys) / len(keys)
+def _values(call: Call, ref: Reference) -> float:
+    return ref.accepted.score(call.arguments or {})

@@ -106,3 +106,86 @@ def test_parse_calls_keeps_order_and_skips_junk():
     text = ('<tool_call>{"name": "a", "arguments": {}}</tool_call> and '
             '<tool_call>not json</tool_call><tool_call>{"name": "b"}</tool_call>')
     assert parse_calls(text) == [Call("a", {}), Call("b", {})]
+
+
+# ---- Gorilla / BFCL data: Python type names, accepted alternatives, omissible arguments ----
+
+# As in BFCL's simple category: a bare spec with "dict"/"float"/"tuple"/"any" types.
+AREA = [{"name": "calculate_triangle_area", "description": "Area of a triangle.",
+         "parameters": {"type": "dict", "properties": {
+             "base": {"type": "float"}, "height": {"type": "float"},
+             "unit": {"type": "string", "description": "Unit of length."},
+             "sides": {"type": "tuple", "items": {"type": "integer"}},
+             "meta": {"type": "any"}},
+             "required": ["base", "height"]}}]
+AREA_REF = [{"calculate_triangle_area": {"base": [10], "height": [5, 5.0],
+                                         "unit": ["units", "cm", ""]}}]
+
+
+def area(args, answer=AREA_REF):
+    text = json.dumps({"name": "calculate_triangle_area", "arguments": args})
+    return tool_call(text, tools=AREA, answer=answer)
+
+
+@pytest.mark.parametrize("args", [
+    {"base": 10, "height": 5},                      # optional "unit" left out
+    {"base": 10, "height": 5, "unit": "units"},
+    {"base": 10.0, "height": 5, "unit": "CM"},      # the second accepted unit
+])
+def test_bfcl_row_full_credit_for_any_accepted_call(args):
+    assert area(args) == {"total": 1.0, "parsed": 1.0, "name": 1.0, "arg_names": 1.0,
+                          "arg_types": 1.0, "values": 1.0}
+
+
+def test_bfcl_row_wrong_and_unaccepted_values_cost():
+    r = area({"base": 10, "height": 6})
+    assert r["values"] == pytest.approx(1 / 2)  # over {base, height}
+    r = area({"base": 10, "height": 5, "unit": "inches"})
+    assert r["values"] == pytest.approx(2 / 3)  # a given optional argument is still checked
+    r = area({"base": 10})  # a required argument missing: names and values lose
+    assert (r["arg_names"], r["values"]) == (0.0, 0.5)
+
+
+def test_bfcl_types_validate_as_json_schema():
+    assert area({"base": 10, "height": 5, "sides": [3, 4, 5], "meta": {"x": None}})["arg_types"] == 1
+    assert area({"base": "ten", "height": 5})["arg_types"] == 0.0     # float
+    assert area({"base": 10, "height": 5, "sides": "3,4"})["arg_types"] == 0.0  # tuple
+
+
+def test_bfcl_reference_as_json_text_and_unknown_type_names_the_dialect():
+    assert area({"base": 10, "height": 5}, answer=json.dumps(AREA_REF))["total"] == 1.0
+    tools = [{"name": "f", "parameters": {"type": "dict", "properties": {"x": {"type": "kg"}}}}]
+    with pytest.raises(ValueError, match="not a valid JSON Schema.*dict, float, tuple, any"):
+        tool_call('{"name": "f", "arguments": {"x": 1}}', tools=tools)
+
+
+def test_bfcl_parallel_calls_and_dict_valued_arguments():
+    ref = [{"book": {"room": [{"kind": ["single", "double"], "view": ["sea", ""]}],
+                     "nights": [2]}},
+           {"pay": {"card": [True]}}]
+    text = ('[{"name": "pay", "arguments": {"card": true}}, '
+            '{"name": "book", "arguments": {"room": {"kind": "double"}, "nights": 2}}]')
+    assert tool_call(text, answer=ref)["total"] == 1.0
+    wrong = text.replace('"kind": "double"', '"kind": "double", "floor": 3')  # unknown key
+    assert tool_call(wrong, answer=ref)["values"] == pytest.approx((1 + 1 / 2) / 2)
+
+
+def test_explicit_form_with_alternatives_and_optional_arguments():
+    ref = {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "C"},
+           "alternatives": {"city": ["Oslo, Norway"], "unit": ["celsius"]}, "optional": ["unit"]}
+    for args in ({"city": "Oslo"}, {"city": "oslo, norway", "unit": "Celsius"}):
+        text = json.dumps({"name": "get_weather", "arguments": args})
+        assert tool_call(text, tools=TOOLS, answer=ref)["values"] == 1.0
+    r = tool_call(json.dumps({"name": "get_weather", "arguments": {"city": "Bergen"}}),
+                  tools=TOOLS, answer=[ref])
+    assert r["values"] == 0.0
+    with pytest.raises(ValueError, match="row field 'answer': 'alternatives' must map"):
+        tool_call(REF, answer={**ref, "alternatives": {"unit": "celsius"}})
+    with pytest.raises(ValueError, match="'optional' must be a list"):
+        tool_call(REF, answer={**ref, "optional": "unit"})
+
+
+def test_a_plain_reference_keeps_every_argument_required():
+    ref = {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "C"}}
+    r = tool_call('{"name": "get_weather", "arguments": {"city": "Oslo"}}', answer=ref)
+    assert r["values"] == 0.5
