@@ -75,7 +75,7 @@ MODES = {
 }
 
 
-@reward("accuracy", setup=_warm_up)
+@reward("accuracy", setup=_warm_up, reads=("answer",))
 def accuracy(completion: str, *, answer: Any = None, mode: str = "math",
              **fields: Any) -> float | None:
     """1.0 when the completion's answer matches the row's `answer`, else 0.0.

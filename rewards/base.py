@@ -18,6 +18,8 @@ from typing import Any
 from rlft.registry import Registry
 
 REWARDS: Registry[Callable[..., Any]] = Registry("reward")
+# Row fields a reward reads: names, inner tuples of alternatives, or a function of its kwargs.
+Reads = tuple[str | tuple[str, ...], ...] | Callable[..., tuple]
 BUILTIN_MODULES = ("accuracy", "format", "json_structure", "tool_call", "cosine")
 
 
@@ -26,7 +28,7 @@ class InvalidReward(ValueError):
 
 
 def reward(name: str | None = None, *, batched: bool = False,
-           setup: Callable[..., Any] | None = None) -> Callable:
+           setup: Callable[..., Any] | None = None, reads: Reads = ()) -> Callable:
     """Mark a function as a reward; with a `name`, register it under that name.
 
     `batched=True` means the function scores many samples in one call:
@@ -35,14 +37,44 @@ def reward(name: str | None = None, *, batched: bool = False,
     Use it when a call has a fixed cost worth sharing, such as an encoder.
     `setup(**kwargs)` runs once per reward process before any call is timed
     (load models there, so the first call does not hit the time limit).
+    `reads` names the row fields the reward reads, e.g. `("answer", "schema")`;
+    an inner tuple means "any one of these", and a function of the term's
+    kwargs returning such a tuple serves a reward whose kwargs pick the field.
+    `rlft reward check` and `rlft train` warn when a declared field is in no
+    row (`rlft.rewards.fields`), naming the `data.field_map` that would fix it.
     """
+    if not callable(reads):
+        check_reads(reads, name or "reward")
 
     def deco(fn: Callable) -> Callable:
         fn.rlft_batched = batched
         fn.rlft_setup = setup
+        fn.rlft_reads = reads
         return REWARDS.register(name)(fn) if name else fn
 
     return deco
+
+
+def check_reads(reads: Any, where: str) -> tuple[tuple[str, ...], ...]:
+    """`reads` as groups of alternative field names, or a TypeError naming `where`.
+
+    >>> check_reads(("schema", ("answer", "demonstration")), "cosine")
+    (('schema',), ('answer', 'demonstration'))
+    """
+    groups = tuple((r,) if isinstance(r, str) else r for r in reads) \
+        if isinstance(reads, (tuple, list)) else None
+    if groups is None or not all(isinstance(g, (tuple, list)) and g
+                                 and all(isinstance(f, str) for f in g) for g in groups):
+        raise TypeError(f"{where}: reads must be a tuple of row field names (an inner tuple: "
+                        f"any one of them), e.g. reads=(\"answer\", \"schema\"); got {reads!r}")
+    return tuple(tuple(g) for g in groups)
+
+
+def declared_reads(fn: Callable, kwargs: Mapping[str, Any]) -> tuple[tuple[str, ...], ...]:
+    """The row fields `fn` declared it reads, for a term with these kwargs (none undeclared)."""
+    reads = getattr(fn, "rlft_reads", ())
+    return check_reads(reads(**kwargs) if callable(reads) else reads,
+                       getattr(fn, "__name__", "reward"))
 
 
 def is_batched(fn: Callable) -> bool:

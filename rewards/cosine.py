@@ -44,7 +44,11 @@ def _load(model: str | None = None, device: str | None = None, **kwargs: Any) ->
     encoder(model, device)
 
 
-@reward("cosine", batched=True, setup=_load)
+def _reads(reference: str | None = None, **kwargs: Any) -> tuple:
+    return (reference,) if reference else (("answer", "demonstration"),)
+
+
+@reward("cosine", batched=True, setup=_load, reads=_reads)
 def cosine(completions: list[str], *, prompts: list[str], fields: list[dict[str, Any]],
            reference: str | None = None, model: str | None = None, device: str | None = None,
            batch_size: int = 64, **kwargs: Any) -> list[float | None]:

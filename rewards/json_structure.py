@@ -23,7 +23,7 @@ from rlft.rewards.jsontext import as_json, conforms, find_json, same
 WEIGHTS = {"parsed": 1.0, "clean": 0.5, "schema": 1.0, "keys": 1.0, "fields": 2.0}
 
 
-@reward("json_structure")
+@reward("json_structure", reads=("answer", "schema"))
 def json_structure(completion: str, *, schema: Any = None, answer: Any = None,
                    weights: Mapping[str, float] | None = None, **fields: Any) -> dict[str, float]:
     """Component scores and their weighted mean (`total`); see the module docstring.
