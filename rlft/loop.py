@@ -30,6 +30,7 @@ from rlft.config import Config
 from rlft.learner.driver import UpdateStats
 from rlft.run import checkpoint
 from rlft.run.folder import RunFolder
+from rlft.run.nothing_to_learn import flat_group_metrics
 from rlft.run.stages import run_stages
 from rlft.run.tracking import make_sinks
 from rlft.run.wiring import build_pools, build_prompts_for, build_weight_sync, sampling_params
@@ -373,6 +374,7 @@ class TrainingLoop:
                    # rollout-vs-learner mismatch and its correction (rlft/algos/mismatch.py)
                    **{k: v for k, v in stats.metrics.items()
                       if k.startswith("mismatch/") or k.endswith(("/is_weight", "/is_dropped"))},
+                   **flat_group_metrics(scored),  # groups that scored alike
                    **self.algo.step_metrics(step), **(extra or {})},
         )
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import yaml
 from tqdm import tqdm
 
+from rlft.run.nothing_to_learn import FlatGroupWatch
 from rlft.types import StepMetrics
 
 # A name with a secret-like part between _ - . separators: WANDB_API_KEY, hf_token,
@@ -192,4 +193,5 @@ def make_sinks(names: list[str], run_dir: Path, run_name: str, project: str,
         for sink in sinks:  # the ones already open (a wandb run, an open file)
             sink.close()
         raise
-    return sinks
+    # Always on, not a logger to choose: the warning that a run learns nothing.
+    return [*sinks, FlatGroupWatch()]
