@@ -28,7 +28,8 @@ from rlft.batch.minibatch import UpdatePlan, mean_stats, minibatches
 from rlft.commands.evaluate import evaluate, spec_from
 from rlft.config import Config
 from rlft.learner.driver import UpdateStats
-from rlft.run import checkpoint
+from rlft.rewards.fields import field_warnings
+from rlft.run import checkpoint, wiring
 from rlft.run.folder import RunFolder
 from rlft.run.nothing_to_learn import flat_group_metrics
 from rlft.run.stages import run_stages
@@ -75,6 +76,10 @@ class TrainingLoop:
         self.sampler, self.pad_id = build_prompts_for(cfg)
         self.eval_prompts = build_prompts_for(cfg, cfg.data.eval_split)[0].prompts[
             :cfg.train.eval_prompts or None] if cfg.train.eval_every else ()
+        terms = wiring.reward_terms(cfg) if self.algo.reward_source == "service" else []
+        for warning in field_warnings(terms, [p.fields for p in self.sampler.prompts],
+                                      cfg.data.field_map):  # a reward input that no row has
+            log.warning(warning)
         self.pools = build_pools(cfg, self.algo)
         self.weights = build_weight_sync(cfg, self.pools)  # rollout.weight_transport
         self.step, self.version = 0, 0
