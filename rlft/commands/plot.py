@@ -26,7 +26,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from rlft.run.history import METRICS_FILE, MetricsHistory, read_metrics
+from rlft.rewards.base import RewardTerm, term_labels
+from rlft.run.history import METRICS_FILE, STEP_WALL, MetricsHistory, read_metrics
 
 CURVES_FILE = "curves.png"
 MARKERS_UP_TO = 30  # steps; with fewer, points get markers so a 1-step run shows one
@@ -39,11 +40,24 @@ class PlotError(ValueError):
 
 
 @dataclass(frozen=True)
+class RunInfo:
+    """What the run's config.yaml tells the picture; the curves need only metrics.jsonl."""
+
+    name: str
+    algorithm: str | None = None
+    model: str | None = None
+    terms: tuple[str, ...] | None = None  # reward component labels; None: no readable config
+
+
+Draw = Callable[[Axes, MetricsHistory, RunInfo], None]
+
+
+@dataclass(frozen=True)
 class Panel:
     title: str
     ylabel: str
     keys: tuple[str, ...]  # the panel says NOT_LOGGED when the run logged none of them
-    draw: Callable[[Axes, MetricsHistory], None]
+    draw: Draw
     zero_note: str = ""  # shown when every value drawn is 0 (e.g. a term that is off)
 
 
@@ -51,8 +65,8 @@ def _style(h: MetricsHistory) -> dict:
     return {"marker": "o", "markersize": 3} if len(h.records) <= MARKERS_UP_TO else {}
 
 
-def _lines(*keys: str) -> Callable[[Axes, MetricsHistory], None]:
-    def draw(ax: Axes, h: MetricsHistory) -> None:
+def _lines(*keys: str) -> Draw:
+    def draw(ax: Axes, h: MetricsHistory, info: RunInfo) -> None:
         shown = [k for k in keys if h.has(k)]
         for k in shown:
             ax.plot(h.steps, h.series(k), label=k, **_style(h))
@@ -61,7 +75,7 @@ def _lines(*keys: str) -> Callable[[Axes, MetricsHistory], None]:
     return draw
 
 
-def _draw_reward(ax: Axes, h: MetricsHistory) -> None:
+def _draw_reward(ax: Axes, h: MetricsHistory, info: RunInfo) -> None:
     mean, std = h.series("reward/mean"), h.series("reward/std")
     # zorder: on top of a component that equals it (one term of weight 1)
     ax.plot(h.steps, mean, color="black", linewidth=2, label="reward/mean", zorder=3,
@@ -72,7 +86,7 @@ def _draw_reward(ax: Axes, h: MetricsHistory) -> None:
         ax.fill_between(h.steps, [m - s for m, s in zip(mean, std)],
                         [m + s for m, s in zip(mean, std)], color="black", alpha=0.12,
                         label="± std")
-    for key in h.reward_components():
+    for key in h.reward_components(info.terms):
         part = key.count("/") > 1  # reward/<term>/<part>: a term's own component
         ax.plot(h.steps, h.series(key), label=key, linestyle=":" if part else "-",
                 linewidth=1 if part else 1.5, **_style(h))
@@ -85,12 +99,17 @@ def _draw_reward(ax: Axes, h: MetricsHistory) -> None:
               title_fontsize="small")
 
 
-def _draw_stages(ax: Axes, h: MetricsHistory) -> None:
+def _draw_stages(ax: Axes, h: MetricsHistory, info: RunInfo) -> None:
+    """Stacked bars per stage; the step's wall time, where logged, as a line: bars
+    rise above it where stages overlapped (rollout running ahead of the learner)."""
     bottom = [0.0] * len(h.records)
-    for key in h.keys("time/"):
+    for key in h.stages():
         seconds = [0.0 if math.isnan(v) else v for v in h.series(key)]
         ax.bar(h.steps, seconds, bottom=bottom, width=0.8, label=key.removeprefix("time/"))
         bottom = [b + s for b, s in zip(bottom, seconds)]
+    if h.has(STEP_WALL):
+        ax.plot(h.steps, h.series(STEP_WALL), color="black", label="step wall time",
+                **_style(h))
     ax.legend(fontsize="small", ncols=2)
 
 
@@ -115,8 +134,9 @@ def _all_zero(panel: Panel, h: MetricsHistory) -> bool:
     return all(v == 0 for k in panel.keys if h.has(k) for v in h.series(k))
 
 
-def build_figure(history: MetricsHistory, title: str = "") -> Figure:
+def build_figure(history: MetricsHistory, info: RunInfo | None = None) -> Figure:
     """The curves figure: one Axes per entry of PANELS, in that order."""
+    info = info or RunInfo(name="")
     fig = Figure(figsize=(12, 11), layout="constrained")
     grid = fig.add_gridspec(3, 2, height_ratios=(1.3, 1, 1))
     for panel, (row, col) in zip(PANELS, GRID):
@@ -131,15 +151,14 @@ def build_figure(history: MetricsHistory, title: str = "") -> Figure:
         ax.set_xlim(history.steps[0] - 0.5, history.steps[-1] + 0.5)
         ax.grid(alpha=0.3)
         if _logged(panel, history):
-            panel.draw(ax, history)
+            panel.draw(ax, history, info)
             if panel.zero_note and _all_zero(panel, history):
                 ax.text(0.5, 0.75, panel.zero_note, transform=ax.transAxes, ha="center",
                         color="gray")
         else:
             ax.text(0.5, 0.5, NOT_LOGGED, transform=ax.transAxes, ha="center", va="center",
                     color="gray", fontsize="large")
-    if title:
-        fig.suptitle(title)
+    fig.suptitle(run_title(info, history))
     return fig
 
 
@@ -163,17 +182,29 @@ def load_history(run_dir: Path) -> MetricsHistory:
     return history
 
 
-def run_title(run_dir: Path, history: MetricsHistory) -> str:
-    """'<run> · <algo> on <model> · N steps', from the run's config.yaml where readable."""
-    parts = [run_dir.resolve().name]
+def run_info(run_dir: Path) -> RunInfo:
+    """The run's name, algorithm, model and reward term labels from its config.yaml.
+    Unreadable or partial config: the parts it has (the picture loses only its
+    title and the filter that keeps non-term reward/ figures out of the reward panel)."""
+    name = run_dir.resolve().name
     try:
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        parts.append(f"{cfg['algo']['name']} on {cfg['model']['name']}")
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        pass  # the title is a courtesy; the curves come from metrics.jsonl alone
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        terms = tuple(term_labels([RewardTerm(str(t["name"])) for t in cfg["reward"]["terms"]]))
+        return RunInfo(name, str(cfg["algo"]["name"]), str(cfg["model"]["name"]), terms)
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return RunInfo(name)
+
+
+def run_title(info: RunInfo, history: MetricsHistory) -> str:
+    """'<run> · <algo> on <model> · N steps'.
+
+    >>> run_title(RunInfo("r", "grpo", "smollm2"), MetricsHistory(({"step": 0},)))
+    'r · grpo on smollm2 · 1 step'
+    """
     n = len(history.records)
-    parts.append(f"{n} step{'s' * (n != 1)}")
-    return " · ".join(parts)
+    parts = [info.name, f"{info.algorithm} on {info.model}" if info.algorithm else "",
+             f"{n} step{'s' * (n != 1)}"]
+    return " · ".join(p for p in parts if p)
 
 
 def write_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -187,7 +218,7 @@ def write_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if not out.parent.is_dir():
         raise PlotError(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist; "
                         "create it or pick a path in an existing folder")
-    fig = build_figure(history, run_title(run_dir, history))
+    fig = build_figure(history, run_info(run_dir))
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     fig.savefig(tmp, format="png", dpi=100)
     os.replace(tmp, out)

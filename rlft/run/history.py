@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
 STAGE_PREFIX = "time/"
+STEP_WALL = "time/step"  # a step's wall time, where logged; stages may overlap within it
 REWARD_PREFIX = "reward/"
 REWARD_SUMMARY = ("reward/mean", "reward/std")
 
@@ -53,14 +55,39 @@ class MetricsHistory:
             seen.update((k, None) for k in r if k.startswith(prefix))
         return list(seen)
 
-    def reward_components(self) -> list[str]:
-        """`reward/<term>` and `reward/<term>/<part>` keys, without mean and std."""
-        return [k for k in self.keys(REWARD_PREFIX) if k not in REWARD_SUMMARY]
+    def stages(self) -> list[str]:
+        """The `time/<stage>` keys, without the step's wall time."""
+        return [k for k in self.keys(STAGE_PREFIX) if k != STEP_WALL]
+
+    def reward_components(self, terms: Sequence[str] | None = None) -> list[str]:
+        """`reward/<term>` and `reward/<term>/<part>` keys. With the run's term labels
+        (`term_labels` of reward.terms) only those: other figures share the prefix
+        (e.g. reward/flat_groups); without, every reward/ key but mean and std.
+
+        >>> h = MetricsHistory(({"step": 0, "reward/mean": 1, "reward/acc": 1,
+        ...                      "reward/acc/part": 1, "reward/flat_groups": 0},))
+        >>> h.reward_components(["acc"])
+        ['reward/acc', 'reward/acc/part']
+        """
+        keys = [k for k in self.keys(REWARD_PREFIX) if k not in REWARD_SUMMARY]
+        if terms is None:
+            return keys
+        return [k for k in keys if k.removeprefix(REWARD_PREFIX).split("/")[0] in set(terms)]
 
     def step_seconds(self) -> float:
-        """The summed stage times of every step (startup and shutdown are not in it)."""
-        return sum(v for r in self.records for k, v in r.items()
-                   if k.startswith(STAGE_PREFIX) and math.isfinite(v))
+        """Every step's wall time (its stage times summed where no wall time was
+        logged), added up; startup and shutdown are not in it.
+
+        >>> MetricsHistory(({"step": 0, "time/a": 1.0, "time/b": 2.0},
+        ...                 {"step": 1, "time/a": 1.0, "time/step": 1.5})).step_seconds()
+        4.5
+        """
+        total = 0.0
+        for r in self.records:
+            wall = r.get(STEP_WALL, math.nan)
+            total += wall if math.isfinite(wall) else sum(
+                v for k, v in r.items() if k.startswith(STAGE_PREFIX) and math.isfinite(v))
+        return total
 
 
 def read_metrics(path: Path) -> MetricsHistory:

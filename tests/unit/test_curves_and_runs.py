@@ -24,12 +24,14 @@ STAGES = {"rollout": 1.5, "reward": 0.25, "update": 2.0, "sync": 0.25}  # 4 s a 
 
 
 def _metrics(step: int, reward: float, **extra: float) -> StepMetrics:
+    # reward/flat_groups: a figure under reward/ that is no term (the config says which are)
     return StepMetrics(step=step, policy_version=step, reward_mean=reward, reward_std=0.1 + step / 100,
                        reward_components={"accuracy": reward, "tool_call": reward / 2,
                                           "tool_call/values": reward / 4},
                        response_len_mean=20.0 - step, loss=0.1, grad_norm=1.0,
                        entropy=1.5 - step / 10, kl=step / 1000, clip_frac=0.0,
-                       tokens_per_s=50.0, stage_seconds=STAGES, extra=extra)
+                       tokens_per_s=50.0, stage_seconds=STAGES,
+                       extra={"reward/flat_groups": 1.0, **extra})
 
 
 def _run(root: Path, name: str, rewards: list[float], algo: str = "grpo", first: int = 0,
@@ -37,7 +39,8 @@ def _run(root: Path, name: str, rewards: list[float], algo: str = "grpo", first:
     """A run folder as `rlft train` leaves it: config.yaml, metrics.jsonl, checkpoints/."""
     steps = steps or first + len(rewards)
     cfg = load_config(None, [f"logging.run_dir={root}", f"logging.run_name={name}",
-                             f"algo.name={algo}", f"train.steps={steps}"])
+                             f"algo.name={algo}", f"train.steps={steps}",
+                             "reward.terms=[{name: accuracy}, {name: tool_call, weight: 0.5}]"])
     folder = RunFolder.create(cfg, None)
     sink = JsonlSink(folder.path / "metrics.jsonl", first_step=first)
     for i, reward in enumerate(rewards):
@@ -71,11 +74,16 @@ def test_write_curves_writes_a_png_of_the_figure_size(tmp_path, capsys):
 
 def test_the_panels_hold_the_logged_figures(tmp_path):
     rewards = [0.2, 0.4, 0.5, 0.7]
-    history = read_metrics(_run(tmp_path, "r", rewards) / "metrics.jsonl")
-    fig = plot.build_figure(history, "title")
+    run = _run(tmp_path, "r", rewards)
+    info = plot.run_info(run)
+    assert info == plot.RunInfo("r", "grpo", "smollm2-135m-instruct", ("accuracy", "tool_call"))
+    fig = plot.build_figure(read_metrics(run / "metrics.jsonl"), info)
+    assert fig.get_suptitle() == "r · grpo on smollm2-135m-instruct · 4 steps"
     reward, length, stages, kl, entropy = fig.axes
     assert [ax.get_title() for ax in fig.axes] == [p.title for p in plot.PANELS]
     lines = _lines(reward)
+    assert set(lines) == {"reward/mean", "reward/accuracy", "reward/tool_call",
+                          "reward/tool_call/values", "eval/reward_mean"}  # no flat_groups
     assert lines["reward/mean"] == pytest.approx(rewards)
     assert lines["reward/accuracy"] == pytest.approx(rewards)
     assert lines["reward/tool_call"] == pytest.approx([r / 2 for r in rewards])
@@ -103,6 +111,7 @@ def test_a_resumed_run_plots_each_step_once_the_newest_line_winning(tmp_path, ca
     assert history.steps == [0, 1, 2, 3] and history.skipped_lines == (6,)
     reward = plot.build_figure(history).axes[0]
     assert _lines(reward)["reward/mean"] == pytest.approx([0.1, 0.2, 0.6, 0.9])
+    assert "reward/flat_groups" in _lines(reward)  # no config given: every reward/ figure
     plot.write_curves(run)
     assert "lines [6]" in capsys.readouterr().err  # said, not swallowed
 
@@ -130,6 +139,19 @@ def test_kl_that_is_zero_throughout_says_why(tmp_path):
         {"step": s, "reward/mean": 0.5, "kl": 0.0}) + "\n" for s in range(3)))
     kl = plot.build_figure(read_metrics(run / "metrics.jsonl")).axes[3]
     assert [t.get_text() for t in kl.texts] == [plot.PANELS[3].zero_note]
+
+
+def test_step_wall_time_is_a_line_over_the_stage_bars_and_the_runs_time(tmp_path):
+    """Where the loop logs time/step (stages may overlap in it), that is the step's time."""
+    run = _run(tmp_path, "r", [], steps=2)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(
+        {"step": s, "reward/mean": 0.5, "time/rollout": 3.0, "time/update": 2.0,
+         "time/step": 4.0}) + "\n" for s in range(2)))
+    history = read_metrics(run / "metrics.jsonl")
+    stages = plot.build_figure(history).axes[2]
+    assert [c.get_label() for c in stages.containers] == ["rollout", "update"]
+    assert _lines(stages) == {"step wall time": [4.0, 4.0]}
+    assert history.step_seconds() == 8.0 and runs.summarize(run, tmp_path).seconds == 8.0
 
 
 @pytest.mark.parametrize("case, says", [
