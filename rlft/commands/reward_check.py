@@ -1,14 +1,28 @@
 """`rlft reward check`: score completions with the real RewardService and show each sample.
 
+The rows are the ones training sees: the run's data settings come from
+`--config FILE` and `key.sub=value` overrides, parsed as `rlft train` parses
+them (`load_config`), `--data` being short for `data.source`; the rows are
+loaded (`load_rows`) and renamed, parsed and checked (`build_prompts`:
+`data.field_map`, `data.prompt_field`, `data.system_prompt`,
+`data.on_bad_row`) by the code training uses. The rewards are the REWARD
+names (weight 1 each, `--kwargs`) or, when none is named, the config's
+`reward.terms` with their weights and kwargs.
+
 Completions come from `--completions` (JSON lines with a `completion` field,
 line i for row i) or else each row's `demonstration` (the built-in tasks have
 one), so a reward can be checked before any model exists. Prompts are the
 rows' messages joined as plain text: no tokenizer is loaded, so a reward that
 reads `prompt` sees the messages, not the chat-templated text training passes.
 
+Before scoring, a warning (stderr) names each row field a reward declares it
+reads and no row has, with the `data.field_map` that would fix it
+(`rlft.rewards.fields`); `rlft train` logs the same warnings.
+
 Exit status: 0 when every sample scored, 1 when any sample failed (raised,
-timed out or returned an invalid value), 2 when the reward, data or arguments
-are unusable (unknown name, missing file, bad kwargs, a setup hook that fails).
+timed out or returned an invalid value), 2 when the reward, data, config or
+arguments are unusable (unknown name, missing file, bad kwargs, a setup hook
+that fails).
 """
 
 from __future__ import annotations
@@ -20,19 +34,25 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from rlft.data.prompts import JSON_FIELDS, render_prompt
+from rlft.config import ConfigError, load_config
+from rlft.config.schema import DataConfig
+from rlft.data.prompts import build_prompts
 from rlft.data.sources import load_rows
 from rlft.registry import RegistryError
 from rlft.rewards.base import RewardTerm, term_labels
+from rlft.rewards.fields import field_warnings
 from rlft.rewards.runner import Outcome, describe
-from rlft.types import Prompt, Rollouts
+from rlft.types import Rollouts
 
 EPILOG = """examples:
   rlft reward check accuracy --data builtin:arithmetic --limit 5
   rlft reward check my_rewards.py:fn format --data rows.jsonl --completions out.jsonl
+  rlft reward check tool_call --data tools.jsonl --completions c.jsonl \\
+      "data.field_map={reference_call: answer}"      # any data.* setting, as rlft train takes it
+  rlft reward check --config run.yaml --completions c.jsonl   # the run's rewards on its rows
   rlft reward check my_rewards.py:fn --data rows.jsonl --workers 0   # see the reward's prints
 """
 
@@ -41,30 +61,72 @@ class CheckError(ValueError):
     """Unusable input: the message names it and the fix (exit status 2)."""
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What to check: the terms, the data settings and split, and how to score."""
+
+    terms: list[RewardTerm]
+    data: DataConfig
+    split: str
+    workers: int
+    timeout: float
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="rlft reward check", epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Score completions with one or more rewards (summed, "
-                                            "weight 1 each) and show every sample.")
-    p.add_argument("rewards", nargs="+", metavar="REWARD",
-                   help="a built-in name or an import path file.py:fn / pkg.mod:fn")
-    p.add_argument("--data", required=True, help="FILE, FOLDER or builtin:TASK (as data.source)")
+                                description="Score completions with one or more rewards (summed) "
+                                            "on the rows training sees, and show every sample.")
+    p.add_argument("items", nargs="*", metavar="REWARD | key.sub=value",
+                   help="a built-in name or an import path file.py:fn / pkg.mod:fn; and config "
+                        "overrides as rlft train takes them, e.g. data.field_map={gold: answer}")
+    p.add_argument("--config", default=None, help="a run config YAML: its data.* settings "
+                   "apply, and its reward.terms when no REWARD is named")
+    p.add_argument("--data", default=None, help="FILE, FOLDER or builtin:TASK (data.source)")
     p.add_argument("--completions", default=None,
                    help="JSON lines with a 'completion' field, line i for row i (default: each "
                         "row's 'demonstration')")
-    p.add_argument("--split", default="train", help="split of a folder or built-in task")
+    p.add_argument("--split", default=None, help="split of a folder or built-in task "
+                   "(default: data.train_split)")
     p.add_argument("--limit", type=int, default=100, help="score the first N rows (0: all)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="reward processes, as reward.num_workers; 0 scores in this process, "
-                        "serially, with no time limit and the reward's prints shown")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per reward call")
-    p.add_argument("--kwargs", default="{}",
-                   help="JSON object of keyword arguments for every reward, or a list of one "
-                        "object per reward")
-    ns = p.parse_args(list(argv))
-    if ns.limit < 0 or ns.workers < 0 or not ns.timeout > 0:
+    p.add_argument("--workers", type=int, default=None,
+                   help="reward processes (default: reward.num_workers, 1); 0 scores in this "
+                        "process, serially, with no time limit and the reward's prints shown")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds per reward call (default: reward.timeout_s, 10)")
+    p.add_argument("--kwargs", default=None,
+                   help="JSON object of keyword arguments for every REWARD, or a list of one "
+                        "object per REWARD")
+    ns = p.parse_intermixed_args(list(argv))  # overrides may follow the options
+    ns.rewards = [i for i in ns.items if "=" not in i]
+    ns.overrides = [i for i in ns.items if "=" in i]
+    keys = {o.partition("=")[0].strip() for o in ns.overrides}
+    if (ns.limit < 0 or (ns.workers is not None and ns.workers < 0)
+            or (ns.timeout is not None and not ns.timeout > 0)):
         p.error("need --limit >= 0, --workers >= 0 and --timeout > 0")
+    if not (ns.rewards or ns.config or "reward.terms" in keys):
+        p.error("name a REWARD, or give --config FILE (or reward.terms=...) to check a run's "
+                "rewards")
+    if not (ns.data or ns.config or "data.source" in keys):
+        p.error("name the data: --data FILE|FOLDER|builtin:TASK, data.source=..., or "
+                "--config FILE")
+    if ns.kwargs is not None and not ns.rewards:
+        p.error("--kwargs goes with REWARD names; the config's reward.terms carry their own")
     return ns
+
+
+def plan_check(ns: argparse.Namespace) -> Plan:
+    """The config (file + overrides, validated as for `rlft train`) turned into a Plan."""
+    cfg = load_config(ns.config, ns.overrides)
+    if ns.rewards:
+        kwargs = term_kwargs(ns.kwargs or "{}", len(ns.rewards))
+        terms = [RewardTerm(name, 1.0, kw) for name, kw in zip(ns.rewards, kwargs)]
+    else:
+        terms = [RewardTerm(t.name, t.weight, dict(t.kwargs)) for t in cfg.reward.terms]
+    data = replace(cfg.data, source=ns.data) if ns.data else cfg.data
+    return Plan(terms, data, ns.split or data.train_split,
+                cfg.reward.num_workers if ns.workers is None else ns.workers,
+                cfg.reward.timeout_s if ns.timeout is None else ns.timeout)
 
 
 def term_kwargs(text: str, n: int) -> list[dict]:
@@ -100,53 +162,38 @@ def read_completions(path: str) -> list[str]:
     return out
 
 
-def build_rollouts(data: str, split: str, limit: int, completions: str | None) -> Rollouts:
+def build_rollouts(data: DataConfig, split: str, limit: int, completions: str | None
+                   ) -> Rollouts:
     """One sample per row: the row as training would see it, plus its completion."""
-    rows = load_rows(data, split)
+    rows = load_rows(data.source, split)
     texts = read_completions(completions) if completions else None
     if texts is not None and len(texts) > len(rows):
-        raise CheckError(f"--completions {completions} has {len(texts)} completions but {data} "
-                         f"[{split}] has {len(rows)} rows; line i must answer row i")
+        raise CheckError(f"--completions {completions} has {len(texts)} completions but "
+                         f"{data.source} [{split}] has {len(rows)} rows; line i must answer row i")
     n = len(rows) if texts is None else len(texts)
     n = min(n, limit) if limit else n
-    prompts, outs = [], []
-    for i in range(n):
-        row = rows[i]
-        fields = _fields(row, f"{data} row {i}")
+    found = build_prompts(rows.select(range(n)), None, prompt_field=data.prompt_field,
+                          field_map=data.field_map, system_prompt=data.system_prompt,
+                          on_bad_row=data.on_bad_row, source_name=f"{data.source} [{split}]")
+    if found.skipped:
+        print(f"skipped {found.skipped} malformed rows of {data.source} "
+              f"({dict(found.skipped_reasons)}), as data.on_bad_row=skip says", file=sys.stderr)
+    outs = []
+    for p in found.prompts:
+        row = int(p.uid.rpartition("#")[2])  # uids are "<source> [<split>]#<row number>"
         if texts is not None:
-            outs.append(texts[i])
-        elif isinstance(fields.get("demonstration"), str):
-            outs.append(fields["demonstration"])
+            outs.append(texts[row])
+        elif isinstance(p.fields.get("demonstration"), str):
+            outs.append(p.fields["demonstration"])
         else:
-            raise CheckError(f"{data} row {i} has no 'demonstration' to score; pass "
-                             f"--completions FILE with one completion per row")
-        prompts.append(Prompt(uid=f"{data} [{split}]#{i}", text=_prompt_text(row.get("prompt")),
-                              prompt_ids=(), fields=fields))
-    return Rollouts(prompt_index=tuple(range(n)), prompts=tuple(prompts), prompt_ids=((),) * n,
+            raise CheckError(f"{p.uid} has no 'demonstration' to score; pass --completions "
+                             f"FILE with one completion per row, or map the column that holds "
+                             f"one: data.field_map={{<column>: demonstration}}")
+    n = len(outs)
+    return Rollouts(prompt_index=tuple(range(n)), prompts=found.prompts, prompt_ids=((),) * n,
                     response_ids=((),) * n, response_text=tuple(outs),
                     rollout_logprobs=((),) * n, prefix_len=(0,) * n,
                     finish_reason=("stop",) * n, group_id=tuple(range(n)), policy_version=0)
-
-
-def _fields(row: Mapping[str, Any], where: str) -> dict:
-    """The row's fields as rewards get them: `schema`/`tools` JSON strings parsed."""
-    out = {}
-    for k, v in row.items():
-        if k in JSON_FIELDS and isinstance(v, str):
-            try:
-                v = json.loads(v)
-            except json.JSONDecodeError as exc:
-                raise CheckError(f"{where}: field {k!r} is not valid JSON ({exc})") from exc
-        if k != "prompt":
-            out[k] = v
-    return out
-
-
-def _prompt_text(prompt: Any) -> str:
-    """Messages joined as plain text (no tokenizer, so no chat template)."""
-    if isinstance(prompt, list) and all(isinstance(m, Mapping) for m in prompt):
-        return render_prompt([{**m, "content": str(m.get("content", ""))} for m in prompt], None)
-    return "" if prompt is None else str(prompt)
 
 
 def _num(v: float | None) -> str:
@@ -196,24 +243,26 @@ def main(argv: Sequence[str]) -> int:
 
     ns = parse_args(argv)
     try:
-        kwargs = term_kwargs(ns.kwargs, len(ns.rewards))
-        terms = [RewardTerm(name, 1.0, kw) for name, kw in zip(ns.rewards, kwargs)]
-        ro = build_rollouts(ns.data, ns.split, ns.limit, ns.completions)
-    except (CheckError, OSError, ValueError) as exc:
+        plan = plan_check(ns)
+        ro = build_rollouts(plan.data, plan.split, ns.limit, ns.completions)
+    except (CheckError, ConfigError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    names = " / ".join(t.name for t in plan.terms)
     try:
         start = time.perf_counter()
-        svc = RewardService(terms, num_workers=ns.workers, timeout_s=ns.timeout,
+        svc = RewardService(plan.terms, num_workers=plan.workers, timeout_s=plan.timeout,
                             max_failure_frac=1.0)
     except (RegistryError, TypeError) as exc:  # unknown name, missing file, bad kwarg
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001  (a user file failed at import: say where)
-        print(f"error: cannot load reward {' / '.join(ns.rewards)}: {describe(exc)}",
-              file=sys.stderr)
+        print(f"error: cannot load reward {names}: {describe(exc)}", file=sys.stderr)
         return 2
     startup = time.perf_counter() - start
+    for warning in field_warnings(plan.terms, [p.fields for p in ro.prompts],
+                                  plan.data.field_map):
+        print(f"warning: {warning}", file=sys.stderr)
     try:
         scored, outcomes = svc.score_outcomes(ro)
     except RewardFailureError as exc:  # a reward process could not start (setup hook)
@@ -224,8 +273,8 @@ def main(argv: Sequence[str]) -> int:
         return 2
     finally:
         svc.close()
-    ok = report(ro, scored.rewards.tolist(), term_labels(terms), outcomes, scored.seconds)
-    print("(in this process, serially)" if ns.workers == 0 else
-          f"({ns.workers} reward process(es): starting them took {startup:.2f} s before "
+    ok = report(ro, scored.rewards.tolist(), term_labels(plan.terms), outcomes, scored.seconds)
+    print("(in this process, serially)" if plan.workers == 0 else
+          f"({plan.workers} reward process(es): starting them took {startup:.2f} s before "
           f"scoring, and the first batch also waits until they are ready)")
     return 0 if ok else 1

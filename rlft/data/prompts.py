@@ -177,6 +177,8 @@ def _render_row(row: Mapping[str, Any], tokenizer: Any, opt: _Render,
         system = f"{own}\n\n{tools_text}" if own else tools_text
     messages = _with_system(messages, system)
     text = render_prompt(messages, tokenizer, fields.get("tools"))
+    if tokenizer is None:  # rlft reward check: the rows' fields, no model to count tokens for
+        return text, (), fields
     ids = encode_prompt_text(tokenizer, text)
     if len(ids) > opt.max_prompt_tokens:
         raise BadRow("prompt too long",
@@ -208,6 +210,8 @@ def build_prompts(rows: Iterable[Mapping[str, Any]], tokenizer: Any, *,
     than `max_prompt_tokens`, unparsable `schema`/`tools`) raise a ValueError
     naming the row, the field and the fix, or with `on_bad_row="skip"` are
     counted by reason in the result. Uids are `<source_name>#<row number>`.
+    With `tokenizer=None` (`rlft reward check`, which loads no model) the
+    prompt text is the messages joined, with no token ids and no length check.
     """
     name = source_name or "data"
     if on_bad_row not in BAD_ROW_CHOICES:

@@ -3,6 +3,8 @@
 import json
 import textwrap
 
+import pytest
+
 from rlft.cli import main as cli
 
 USER_FILE = '''
@@ -62,3 +64,89 @@ def test_misspelled_reward_exits_2_with_a_suggestion(capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert "unknown reward 'acuracy'. Did you mean 'accuracy'?" in err
+
+
+# ---- the rows training sees: data.* overrides and config files (#17) ----
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def tool_files(tmp_path):
+    rows = write_jsonl(tmp_path / "tools.jsonl", [
+        {"prompt": "Weather in Oslo?", "tools": TOOLS,
+         "reference_call": {"name": "get_weather", "arguments": {"city": "Oslo"}}},
+        {"prompt": "Weather in Rome?", "tools": TOOLS,
+         "reference_call": {"name": "get_weather", "arguments": {"city": "Rome"}}}])
+    outs = write_jsonl(tmp_path / "c.jsonl", [  # right tool, wrong city; then right
+        {"completion": '<tool_call>{"name": "get_weather", "arguments": {"city": "Bergen"}}'
+                       '</tool_call>'},
+        {"completion": '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}'
+                       '</tool_call>'}])
+    return rows, outs
+
+
+def test_field_map_override_brings_in_the_reference(tmp_path, capsys):
+    rows, outs = tool_files(tmp_path)
+    args = ["reward", "check", "tool_call", "--data", rows, "--completions", outs, "--workers", "0"]
+    assert cli(args) == 0
+    out, err = capsys.readouterr()
+    assert "tool_call/values" not in out and "2 samples: mean total 1 " in out  # degraded
+    assert ("warning: reward 'tool_call' reads row field 'answer', which no row has" in err
+            and "The rows' columns: tools, reference_call." in err
+            and err.rstrip().endswith("data.field_map={reference_call: answer}"))
+    assert cli(args + ["data.field_map={reference_call: answer}"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning" not in err
+    lines = [ln for ln in out.splitlines() if ln.startswith(rows)]
+    assert lines[0].endswith("tool_call/values=0") and lines[1].endswith("tool_call/values=1")
+    assert "tool_call: mean 0.8571 over 2 scored" in out  # ((1+2+1+1+0)/7 + 1) / 2
+
+
+def test_config_file_supplies_data_settings_and_rewards(tmp_path, capsys):
+    rows = write_jsonl(tmp_path / "rows.jsonl", [
+        {"question": "Oslo, 1999?", "gold": '{"city": "Oslo", "year": 1999}',
+         "json_schema": {"type": "object", "required": ["city", "year"]}}])
+    outs = write_jsonl(tmp_path / "c.jsonl", [{"completion": '{"city": "Oslo"}'}])
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data:\n  source: {rows}\n  prompt_field: question\n"
+                      f"reward:\n  terms: [{{name: json_structure, weight: 2.0}}]\n")
+    base = ["reward", "check", "--config", str(config), "--completions", outs, "--workers", "0"]
+    assert cli(base) == 0
+    out, err = capsys.readouterr()
+    assert "json_structure=1 " in out and "   2  " in out  # weight 2, degraded to full marks
+    fix = "data.field_map={gold: answer, json_schema: schema}"
+    assert err.count("warning:") == 2 and err.count(fix) == 2
+    assert cli(base + [fix]) == 0  # an override on top of the file, as rlft train takes it
+    out, err = capsys.readouterr()
+    assert "warning" not in err and "json_structure/schema=0 json_structure/keys=0.5" in out
+
+
+def test_bad_settings_exit_2_naming_the_key(tmp_path, capsys):
+    rows, outs = tool_files(tmp_path)
+    assert cli(["reward", "check", "tool_call", "--data", rows, "data.feild_map={a: b}"]) == 2
+    assert "Did you mean 'data.field_map'?" in capsys.readouterr().err
+    assert cli(["reward", "check", "tool_call", "--data", rows, "--completions", outs,
+                "data.field_map={gold: answer}"]) == 2
+    assert "data.field_map renames ['gold'], which are not columns" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # neither a reward nor a config to take terms from
+        cli(["reward", "check", "--data", rows])
+    assert "name a REWARD" in capsys.readouterr().err
+
+
+def test_skipped_rows_keep_their_own_completions(tmp_path, capsys):
+    rows = write_jsonl(tmp_path / "rows.jsonl", [
+        {"prompt": "q0", "answer": "10"}, {"prompt": None, "answer": "11"},
+        {"prompt": "q2", "answer": "12"}])
+    outs = write_jsonl(tmp_path / "c.jsonl", [{"completion": c} for c in ("10", "11", "12")])
+    rc = cli(["reward", "check", "accuracy", "--data", rows, "--completions", outs,
+              "--workers", "0", "data.on_bad_row=skip"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "skipped 1 malformed rows" in err
+    assert "#0 " in out and "#2 " in out and "#1 " not in out
+    assert "accuracy: mean 1 over 2 scored" in out  # row 2 scored with line 2, not line 1
