@@ -31,11 +31,13 @@ from rlft.learner.driver import UpdateStats
 from rlft.rewards.fields import field_warnings
 from rlft.run import checkpoint, wiring
 from rlft.run.folder import RunFolder
+from rlft.run.ledger import Ledger
 from rlft.run.nothing_to_learn import flat_group_metrics
+from rlft.run.pipeline import Collected, LostWeights, RolloutAhead, StepFlow, staleness
 from rlft.run.stages import run_stages
 from rlft.run.tracking import make_sinks
 from rlft.run.wiring import build_pools, build_prompts_for, build_weight_sync, sampling_params
-from rlft.types import PromptBatch, Rollouts, ScoredRollouts, StepMetrics, TrainBatch
+from rlft.types import Prompt, PromptBatch, Rollouts, ScoredRollouts, StepMetrics, TrainBatch
 from rlft.workers.rollout import SamplingParams
 
 T = TypeVar("T")
@@ -94,8 +96,12 @@ class TrainingLoop:
             Role("critic", "critic", self.pools.critics, lambda step: critic_terms),
         ) if role.ranks]
         self.colocated = cfg.rollout.mode == "colocated"  # rollout sleeps in the learner phase
+        # train.max_staleness=K: K batches sampled ahead by a producer thread (K=0: inline).
+        self.ahead = RolloutAhead(self.collect, self.sampler, cfg.train.max_staleness,
+                                  cfg.train.stale_policy)
         if self.run.resume_from is not None:
             self._restore(self.run.resume_from)
+        self.ledger = Ledger(self.run.path, self.step)  # trained.jsonl: draws trained per step
         self.history: list[StepMetrics] = []
 
     # -- the loop -----------------------------------------------------------
@@ -122,36 +128,44 @@ class TrainingLoop:
         return self.history
 
     def train_step(self) -> StepMetrics:
-        t = StageTimer()
-        step = self.step
-        prompts, scored, kept, extra = self.collect(step, t)
+        t, start, step = StageTimer(), time.perf_counter(), self.step
+        item, flow = self.ahead.take(step, self.version, lambda: self.sync_weights(rejoin=True))
+        t.seconds.update(item.seconds)  # with K >= 1: sampled during the previous step
         with self.learner_phase(t):
-            batch, shaped = t.run("advantage", self.advantages, kept, prompts, step)
+            batch, shaped = t.run("advantage", self.advantages, item.kept, item.prompts, step)
             stats = {role.name: t.run(role.stage, self.update, role, batch)
                      for role in self.roles}
         self.version += 1
+        flow.wait_s += self.ahead.settle()  # weights change between rollout batches only
         t.run("sync", self.sync_weights)
         self.step += 1
+        self.ledger.record(step, self.version - 1, item, self.sampler.prompt_at,
+                           flow.dropped_draws)
         others = {k: v for name, s in stats.items() if name != "policy"
                   for k, v in s.flat(name).items()}  # critic/... figures
-        return self._metrics(step, scored, stats["policy"], t.seconds,
-                             {**extra, **shaped, **others})
+        flows = self._flow_metrics(item, flow, t.seconds, time.perf_counter() - start)
+        return self._metrics(step, item.scored, stats["policy"], t.seconds,
+                             {**item.extra, **shaped, **others, **flows})
 
-    def collect(self, step: int, t: StageTimer
-                ) -> tuple[PromptBatch, ScoredRollouts, ScoredRollouts, dict[str, float]]:
+    def collect(self, step: int, version: int, source: Iterator[list[Prompt]]) -> Collected:
         """prompts -> rollout -> reward, then the spec's `keep_groups` filter (DAPO
         dynamic sampling drops groups whose rewards are all equal); up to
-        `filter_rounds` prompt batches are drawn to refill the first round's
-        number of groups. Returns the first PromptBatch, every scored sample (for
-        the metrics), the samples to train on, and filter metrics."""
-        algo, batches, rounds, kept = self.algo, [], [], []
+        `filter_rounds` prompt batches are drawn from `source` to refill the first
+        round's number of groups. Runs in the rollout-ahead thread when
+        train.max_staleness >= 1 (rlft/run/pipeline.py), with the weights of
+        `version`. Returns the first PromptBatch, every scored sample (for the
+        metrics), the samples to train on and filter metrics, as a `Collected`."""
+        algo, batches, rounds, kept, drawn, t = self.algo, [], [], [], [], StageTimer()
         for r in range(algo.filter_rounds):
-            batch = t.run("prompts", algo.make_batch, self.sampler.next_batch(), step,
-                          self.cfg.rollout.n)
+            prompts = next(source, None)
+            if prompts is None:  # sampling a batch again: its own rounds only
+                break
+            drawn.append(tuple(prompts))
+            batch = t.run("prompts", algo.make_batch, prompts, step, self.cfg.rollout.n)
             batches.append(batch)
             seed = self.cfg.train.seed * 1_000_003 + step + r * 1_000_000_007
             rollouts = t.run("rollout", self.generate, batch, step,
-                             sampling_params(self.cfg, seed=seed))
+                             sampling_params(self.cfg, seed=seed), version)
             rounds.append(t.run("reward", self.score, rollouts))
             kept.append(take(rounds[-1], algo.keep_groups(rounds[-1])))
             if sum(num_groups(k) for k in kept) >= num_groups(rounds[0]):
@@ -162,7 +176,8 @@ class TrainingLoop:
             # Every group was uniform: all advantages are zero, so the first round
             # is as good as none (only KL / entropy terms act) and keeps the step whole.
             train = rounds[0]
-        return batches[0], merge_rounds(rounds), train, extra
+        return Collected(step, version, batches[0], merge_rounds(rounds), train, extra,
+                         dict(t.seconds), tuple(drawn))
 
     @contextlib.contextmanager
     def learner_phase(self, t: StageTimer) -> Iterator[None]:
@@ -178,9 +193,15 @@ class TrainingLoop:
                 t.run("wake", self._hand_gpus_to_rollout)
 
     # -- the calls of a step ------------------------------------------------------
-    def generate(self, batch: PromptBatch, step: int,
-                 params: SamplingParams | None = None) -> Rollouts:
+    def generate(self, batch: PromptBatch, step: int, params: SamplingParams | None = None,
+                 version: int | None = None) -> Rollouts:
+        """Rollouts of `batch` from every worker; they must hold policy `version`
+        (default: the current one). In the rollout-ahead thread (`version` given,
+        train.max_staleness >= 1) a mismatch raises `LostWeights`: only the driver
+        thread re-sends weights, between rollout batches."""
         params = params or sampling_params(self.cfg, seed=self.cfg.train.seed * 1_000_003 + step)
+        ahead, version = version is not None and self.ahead.depth > 0, \
+            self.version if version is None else version
         shards = _split(batch, len(self.pools.rollout))
 
         def run() -> list[Rollouts]:
@@ -188,19 +209,23 @@ class TrainingLoop:
                             for w, s in zip(self.pools.rollout, shards) if s.prompts])
 
         parts = self._through_restarts(run)
-        if any(p.policy_version != self.version for p in parts):
+        if ahead and any(p.policy_version != version for p in parts):
+            raise LostWeights(f"rollouts came from policy versions "
+                              f"{sorted({p.policy_version for p in parts})}, expected {version}: "
+                              f"a rollout worker was restarted")
+        if any(p.policy_version != version for p in parts):
             # A worker that Ray restarted (ray.max_restarts) holds its initial weights:
             # send the current ones and generate again (seeded: the same samples).
             log.warning("rollouts came from policy versions %s, expected %d: a rollout worker "
                         "was restarted; re-sending the weights and generating again",
-                        sorted({p.policy_version for p in parts}), self.version)
+                        sorted({p.policy_version for p in parts}), version)
             # Its broadcast group membership is gone too: the group is rebuilt first.
             self.sync_weights(rejoin=True)
             parts = self._through_restarts(run)
         out = Rollouts.concat(parts)
-        if out.policy_version != self.version:
+        if out.policy_version != version:
             raise RuntimeError(f"rollouts came from policy version {out.policy_version}, "
-                               f"expected {self.version}: a weight sync was lost")
+                               f"expected {version}: a weight sync was lost")
         return out
 
     def score(self, rollouts: Rollouts) -> ScoredRollouts:
@@ -341,8 +366,10 @@ class TrainingLoop:
         return lp, ent
 
     def save(self) -> Path:
+        # The sampler as before the batches sampled ahead: a resume draws them again.
         state = checkpoint.TrainerState(step=self.step, policy_version=self.version,
-                                        sampler=self.sampler.state_dict())
+                                        sampler=self.ahead.sampler_state(),
+                                        inflight=self.ahead.inflight())
 
         def save_learner(path: str) -> None:
             ray.get([lrn.save.remote(path) for lrn in self.pools.learners])
@@ -359,6 +386,26 @@ class TrainingLoop:
         self.step, self.version = state.step, state.policy_version
         self.sync_weights()
         log.info("resumed from %s at step %d (policy version %d)", ckpt, self.step, self.version)
+        if state.inflight:
+            log.info("the %d batch(es) sampled ahead at the checkpoint (steps %s) are sampled "
+                     "again from the same prompts", len(state.inflight),
+                     ", ".join(str(b["step"]) for b in state.inflight))
+
+    def _flow_metrics(self, item: Collected, flow: StepFlow, seconds: dict[str, float],
+                      wall: float) -> dict[str, float]:
+        """async/*: staleness of the trained samples (every row of a batch has the
+        batch's version), batches dropped or sampled again, the queue, and the
+        share of the step's wall time each role had no work."""
+        stale = float(staleness(self.version - 1, item.version))
+        learner = sum(seconds.get(k, 0.0) for k in ("advantage", *(r.stage for r in self.roles)))
+        rollout = flow.rollout_busy_s + self.ahead.step_rollout_seconds()
+        wall = max(wall, 1e-9)
+        return {"async/staleness_mean": stale, "async/staleness_max": stale,
+                "async/dropped_stale": float(flow.dropped),
+                "async/regenerated": float(flow.regenerated), "async/queue": float(flow.queue),
+                "async/learner_wait_s": flow.wait_s, "time/step": wall,
+                "async/rollout_idle_frac": min(max(1.0 - rollout / wall, 0.0), 1.0),
+                "async/learner_idle_frac": min(max(1.0 - learner / wall, 0.0), 1.0)}
 
     def _metrics(self, step: int, scored: ScoredRollouts, stats, seconds,
                  extra: dict[str, float] | None = None) -> StepMetrics:
@@ -384,6 +431,7 @@ class TrainingLoop:
         )
 
     def close(self) -> None:
+        self.ahead.close()
         self.pools.kill()
 
 

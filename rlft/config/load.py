@@ -159,9 +159,28 @@ def _check_cross_fields(cfg: Config) -> None:
                           f"{r.prompts_per_step} prompt groups of a step (a minibatch holds whole "
                           f"groups): lower train.minibatches to at most "
                           f"rollout.prompts_per_step={r.prompts_per_step}, or raise the latter")
+    _check_async(cfg)
     if not cfg.reward.terms:
         raise ConfigError("reward.terms is empty: name at least one reward, e.g. "
                           "reward.terms=[{name: accuracy}]")
+
+
+def _check_async(cfg: Config) -> None:
+    """train.max_staleness >= 1 overlaps sampling and learning (rlft/run/pipeline.py)."""
+    k = cfg.train.max_staleness
+    if k == 0:
+        return
+    if cfg.rollout.mode == "colocated":
+        raise ConfigError(f"train.max_staleness={k} samples while the learner updates, but "
+                          "rollout.mode=colocated puts the engines to sleep during the update "
+                          "(they share the learners' GPUs); set rollout.mode=split, or "
+                          "train.max_staleness=0")
+    if cfg.algo.rollout_is.mode == "none":
+        raise ConfigError(f"train.max_staleness={k} trains on samples up to {k} policy "
+                          "versions old; without a correction they would be trained as if "
+                          "on-policy. Set algo.rollout_is.mode=tis (or mis): the PPO term is "
+                          "then weighted by pi_old / pi_rollout, towards the policy that "
+                          "sampled them")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -284,6 +284,17 @@ class TrainConfig:
                         "are slower while it compiles).")
     learner_workers: int = doc(1, "Learner ranks (FSDP data-parallel world size).", lo=1)
     max_nonfinite_steps: int = doc(3, "Abort after this many NaN/inf updates in a row.", lo=1)
+    max_staleness: int = doc(0, "Asynchronous training: the rollout workers sample up to K "
+                             "batches ahead while the learner updates, so a batch is trained at "
+                             "most K policy versions after the weights that sampled it; 0 = the "
+                             "synchronous loop. K >= 1 needs rollout.mode=split and "
+                             "algo.rollout_is.mode=tis or mis (the correction towards the "
+                             "behaviour policy).", lo=0)
+    stale_policy: str = doc("regenerate", "A batch older than train.max_staleness versions at "
+                            "train time: regenerate (sample the same prompts again with the "
+                            "current weights) or drop (train on fresh prompts instead; the "
+                            "dropped prompts are counted in async/dropped_stale).",
+                            choices=("regenerate", "drop"))
     eval_every: int = doc(0, "Evaluate on data.eval_split every N steps with the running rollout "
                           "workers; eval/* metrics join that step's record (0 = off).", lo=0)
     eval_prompts: int = doc(64, "Prompts per in-loop evaluation: the first N of data.eval_split "

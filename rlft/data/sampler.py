@@ -38,6 +38,25 @@ class PromptSampler:
         """Prompts of the current epoch already drawn."""
         return self._position
 
+    @property
+    def drawn(self) -> int:
+        """Prompts drawn so far over the whole run: the draw index of the next one.
+        Draw g is prompt `prompt_at(g)`; a run's samples are named by it."""
+        return self._epoch * len(self.prompts) + self._position
+
+    def prompt_at(self, draw: int) -> Prompt:
+        """The prompt of draw index `draw` (epoch draw // N, position draw % N).
+
+        >>> from rlft.types import Prompt
+        >>> s = PromptSampler([Prompt(str(i), "", ()) for i in range(3)], 2, seed=0)
+        >>> [p.uid for p in s.next_batch() + s.next_batch()] == [
+        ...     s.prompt_at(g).uid for g in range(4)]
+        True
+        """
+        epoch, position = divmod(draw, len(self.prompts))
+        order = self._order if epoch == self._epoch else self._order_for(epoch)
+        return self.prompts[order[position]]
+
     def _order_for(self, epoch: int) -> list[int]:
         order = list(range(len(self.prompts)))
         if self.shuffle:

@@ -21,7 +21,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,11 @@ class TrainerState:
 
     step: int  # steps completed
     policy_version: int
-    sampler: dict  # PromptSampler.state_dict()
+    # PromptSampler.state_dict() before the first prompt not yet trained: with
+    # train.max_staleness >= 1 the batches sampled ahead (`inflight`: their step,
+    # policy version and sampler draws) are drawn again on resume, not skipped.
+    sampler: dict
+    inflight: list = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
