@@ -2,8 +2,8 @@
 
 Five panels from metrics.jsonl (rlft/run/history.py reads it): reward mean ±
 std with its components (and eval reward where logged), response length,
-time per stage (stacked bars: a bar's height is the step's time), KL and
-entropy. A figure the run did not log leaves its panel saying "not logged"
+time per stage (stacked bars, and the step's wall time as a line where the
+loop logs it), KL and entropy. A figure the run did not log leaves its panel saying "not logged"
 rather than vanishing, so every picture has the same layout.
 
 The figure is a bare `matplotlib.figure.Figure` drawn by the Agg canvas: no
@@ -220,8 +220,13 @@ def write_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
                         "create it or pick a path in an existing folder")
     fig = build_figure(history, run_info(run_dir))
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, out)
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise PlotError(f"cannot write {str(out)!r}: {exc.strerror or exc}; pick a writable "
+                        "path with --out") from exc
     if history.skipped_lines:
         print(f"note: {METRICS_FILE} lines {list(history.skipped_lines)} are not step records "
               "and were left out (a torn last line after a crash is expected)", file=sys.stderr)

@@ -176,10 +176,13 @@ def test_plot_errors_are_one_line_with_the_fix(tmp_path, capsys, case, says):
         plot.write_curves(run)
 
 
-def test_plot_out_in_a_missing_folder_names_it(tmp_path):
+def test_plot_out_that_cannot_be_written_names_it(tmp_path):
     run = _run(tmp_path, "r", [0.5])
     with pytest.raises(plot.PlotError, match="does not exist"):
         plot.write_curves(run, tmp_path / "nope" / "c.png")
+    with pytest.raises(plot.PlotError, match="cannot write .* pick a writable path"):
+        plot.write_curves(run, tmp_path)  # a folder
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # nothing left
 
 
 # -- rlft runs -------------------------------------------------------------------
