@@ -1,5 +1,6 @@
 """The whole loop on a local Ray cluster with a tiny random model."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -32,9 +33,14 @@ def _ray():
     ray.shutdown()
 
 
-def test_loop_trains_checkpoints_and_resumes_bit_identically(tmp_path, tiny_model_path):
-    cfg = _cfg(tmp_path, tiny_model_path)
-    full = TrainingLoop(cfg)
+def test_loop_trains_checkpoints_and_resumes_bit_identically(tmp_path, tiny_model_path, caplog):
+    # A weight-0 json_structure term (rewards unchanged) reads a `schema` that the
+    # arithmetic rows lack: the loop says so once, before the workers start.
+    cfg = _cfg(tmp_path, tiny_model_path, extra=(
+        f"reward.terms=[{{name: '{REWARD}'}}, {{name: json_structure, weight: 0.0}}]",))
+    with caplog.at_level(logging.WARNING, logger="rlft"):
+        full = TrainingLoop(cfg)
+    assert caplog.text.count("reads row field 'schema', which no row has") == 1
     before = _weights(full)
     history = full.train()
     after = _weights(full)
