@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
 
 import ray
 import torch
@@ -29,18 +28,23 @@ from rlft.commands.evaluate import evaluate, spec_from
 from rlft.config import Config
 from rlft.learner.driver import UpdateStats
 from rlft.rewards.fields import field_warnings
-from rlft.run import checkpoint, wiring
+from rlft.run import checkpoint, restarts, wiring
 from rlft.run.folder import RunFolder
 from rlft.run.ledger import Ledger
 from rlft.run.nothing_to_learn import flat_group_metrics
-from rlft.run.pipeline import Collected, LostWeights, RolloutAhead, StepFlow, staleness
+from rlft.run.pipeline import (
+    Collected,
+    LostWeights,
+    RolloutAhead,
+    StepFlow,
+    flow_metrics,
+    staleness,
+)
 from rlft.run.stages import run_stages
 from rlft.run.tracking import make_sinks
 from rlft.run.wiring import build_pools, build_prompts_for, build_weight_sync, sampling_params
 from rlft.types import Prompt, PromptBatch, Rollouts, ScoredRollouts, StepMetrics, TrainBatch
 from rlft.workers.rollout import SamplingParams
-
-T = TypeVar("T")
 
 log = logging.getLogger("rlft")
 
@@ -208,7 +212,7 @@ class TrainingLoop:
             return ray.get([w.generate.remote(s, params)
                             for w, s in zip(self.pools.rollout, shards) if s.prompts])
 
-        parts = self._through_restarts(run)
+        parts = restarts.through_restarts(run, self.pools.rollout, self.cfg.ray.restart_timeout_s)
         if ahead and any(p.policy_version != version for p in parts):
             raise LostWeights(f"rollouts came from policy versions "
                               f"{sorted({p.policy_version for p in parts})}, expected {version}: "
@@ -221,7 +225,7 @@ class TrainingLoop:
                         sorted({p.policy_version for p in parts}), version)
             # Its broadcast group membership is gone too: the group is rebuilt first.
             self.sync_weights(rejoin=True)
-            parts = self._through_restarts(run)
+            parts = restarts.through_restarts(run, self.pools.rollout, self.cfg.ray.restart_timeout_s)
         out = Rollouts.concat(parts)
         if out.policy_version != version:
             raise RuntimeError(f"rollouts came from policy version {out.policy_version}, "
@@ -293,12 +297,13 @@ class TrainingLoop:
         try:
             self.weights.push(self.version, rejoin)
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
-            if not self._rollout_lost():
+            if not restarts.rollout_lost(self.pools.rollout):
                 raise  # every worker answers: a real error, not a lost worker
             log.warning("a rollout worker was lost during the weight sync (%s); waiting up to "
                         "%.0f s for Ray to restart it, then syncing again",
                         str(exc).splitlines()[0][:200], self.cfg.ray.restart_timeout_s)
-            self._wait_for_rollout(time.monotonic() + self.cfg.ray.restart_timeout_s)
+            restarts.wait_for_rollout(self.pools.rollout,
+                                      time.monotonic() + self.cfg.ray.restart_timeout_s)
             self.weights.push(self.version, rejoin=True)
 
     def evaluate(self) -> dict[str, float]:
@@ -310,41 +315,6 @@ class TrainingLoop:
         return out
 
     # -- helpers ------------------------------------------------------------
-    def _through_restarts(self, call: Callable[[], T]) -> T:
-        """`call()`, a call into the rollout workers. When one is unavailable (its
-        node died; Ray restarts it elsewhere, ray.max_restarts), wait for every
-        worker to answer again, ray.restart_timeout_s at most, and call again: a
-        restarted worker answers with policy version 0 and gets the weights."""
-        deadline = time.monotonic() + self.cfg.ray.restart_timeout_s
-        while True:
-            try:
-                return call()
-            except ray.exceptions.ActorUnavailableError as exc:
-                if time.monotonic() >= deadline:
-                    raise
-                log.warning("a rollout worker is unavailable (%s); waiting up to %.0f s for "
-                            "Ray to restart it", str(exc).splitlines()[0][:200],
-                            deadline - time.monotonic())
-                self._wait_for_rollout(deadline)
-
-    def _rollout_lost(self) -> bool:
-        try:
-            ray.get([w.policy_version.remote() for w in self.pools.rollout], timeout=10)
-            return False
-        except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorUnavailableError):
-            return True
-
-    def _wait_for_rollout(self, deadline: float) -> None:
-        while True:
-            try:
-                ray.get([w.policy_version.remote() for w in self.pools.rollout],
-                        timeout=max(1.0, min(10.0, deadline - time.monotonic())))
-                return
-            except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorUnavailableError):
-                if time.monotonic() >= deadline:
-                    return  # the caller's next call raises what is wrong
-                time.sleep(1.0)
-
     def _rollout_all(self, verb: str) -> None:
         """Call the no-argument verb `verb` (sleep, wake) on every rollout worker."""
         ray.get([getattr(w, verb).remote() for w in self.pools.rollout])
@@ -393,19 +363,9 @@ class TrainingLoop:
 
     def _flow_metrics(self, item: Collected, flow: StepFlow, seconds: dict[str, float],
                       wall: float) -> dict[str, float]:
-        """async/*: staleness of the trained samples (every row of a batch has the
-        batch's version), batches dropped or sampled again, the queue, and the
-        share of the step's wall time each role had no work."""
-        stale = float(staleness(self.version - 1, item.version))
         learner = sum(seconds.get(k, 0.0) for k in ("advantage", *(r.stage for r in self.roles)))
-        rollout = flow.rollout_busy_s + self.ahead.step_rollout_seconds()
-        wall = max(wall, 1e-9)
-        return {"async/staleness_mean": stale, "async/staleness_max": stale,
-                "async/dropped_stale": float(flow.dropped),
-                "async/regenerated": float(flow.regenerated), "async/queue": float(flow.queue),
-                "async/learner_wait_s": flow.wait_s, "time/step": wall,
-                "async/rollout_idle_frac": min(max(1.0 - rollout / wall, 0.0), 1.0),
-                "async/learner_idle_frac": min(max(1.0 - learner / wall, 0.0), 1.0)}
+        flow.rollout_busy_s += self.ahead.step_rollout_seconds()
+        return flow_metrics(staleness(self.version - 1, item.version), flow, learner, wall)
 
     def _metrics(self, step: int, scored: ScoredRollouts, stats, seconds,
                  extra: dict[str, float] | None = None) -> StepMetrics:

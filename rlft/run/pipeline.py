@@ -103,6 +103,26 @@ class StepFlow:
     queue: int = 0  # batches sampled ahead, after this step's was taken
 
 
+def flow_metrics(stale: int, flow: StepFlow, learner_busy_s: float, wall_s: float
+                 ) -> dict[str, float]:
+    """async/*: the staleness of the step's samples (every row of a batch has
+    the batch's version, so mean = max), batches dropped or sampled again, the
+    queue, the seconds the learner side waited for data, and the share of the
+    step's wall time each role had no work (the rollout side: no generation).
+
+    >>> m = flow_metrics(1, StepFlow(rollout_busy_s=1.5, queue=1), 1.0, 2.0)
+    >>> m["async/staleness_max"], m["async/rollout_idle_frac"], m["async/learner_idle_frac"]
+    (1.0, 0.25, 0.5)
+    """
+    wall = max(wall_s, 1e-9)
+    return {"async/staleness_mean": float(stale), "async/staleness_max": float(stale),
+            "async/dropped_stale": float(flow.dropped),
+            "async/regenerated": float(flow.regenerated), "async/queue": float(flow.queue),
+            "async/learner_wait_s": flow.wait_s, "time/step": wall_s,
+            "async/rollout_idle_frac": min(max(1.0 - flow.rollout_busy_s / wall, 0.0), 1.0),
+            "async/learner_idle_frac": min(max(1.0 - learner_busy_s / wall, 0.0), 1.0)}
+
+
 class RolloutAhead:
     """K batches sampled ahead of the learner (K = `depth`), by one producer thread."""
 
