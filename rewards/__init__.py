@@ -18,6 +18,9 @@ exception is a *raised* one; both cost only that sample (see
 Registering: `@reward("name")` from `rlft.rewards`; or point the config at a
 user file or module, `reward.terms=[{name: my_rewards.py:fn}]` / `pkg.mod:fn`
 (no decorator needed). Reward files are code and run with your permissions.
+`reads=("answer", ...)` declares the row fields a reward reads: a declared
+field that no row has is a warning in `rlft reward check` and `rlft train`,
+with the `data.field_map` that would fix it (`rlft.rewards.fields`).
 
 Batched rewards: `@reward("name", batched=True)` marks a function called once
 per chunk as `fn(completions: list[str], *, prompts: list[str],
@@ -37,8 +40,8 @@ registered name or, for import paths, the function name; a repeated name gets
 `#2`, `#3`.
 
 Built-ins: `accuracy`, `format`, `json_structure`, `tool_call` (per sample) and
-`cosine` (batched). Check any reward on data before training with
-`rlft reward check NAME --data FILE`.
+`cosine` (batched). Check any reward on the rows training sees with
+`rlft reward check NAME --data FILE [key.sub=value ...]` (or `--config FILE`).
 """
 
 from rlft.rewards.base import REWARDS, InvalidReward, RewardTerm, resolve, reward
