@@ -72,9 +72,14 @@ def check_reads(reads: Any, where: str) -> tuple[tuple[str, ...], ...]:
 
 def declared_reads(fn: Callable, kwargs: Mapping[str, Any]) -> tuple[tuple[str, ...], ...]:
     """The row fields `fn` declared it reads, for a term with these kwargs (none undeclared)."""
-    reads = getattr(fn, "rlft_reads", ())
-    return check_reads(reads(**kwargs) if callable(reads) else reads,
-                       getattr(fn, "__name__", "reward"))
+    reads, name = getattr(fn, "rlft_reads", ()), getattr(fn, "__name__", "reward")
+    if callable(reads):
+        try:
+            reads = reads(**kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{name}: its reads function must take the term's kwargs "
+                            f"({sorted(kwargs)}); add **kwargs to it ({exc})") from exc
+    return check_reads(reads, name)
 
 
 def is_batched(fn: Callable) -> bool:

@@ -99,6 +99,9 @@ def test_user_rewards_declare_too(tmp_path):
     assert "data.field_map={<column>: label}" in w
     with pytest.raises(TypeError, match="reads must be a tuple of row field names"):
         reward(reads="answer")
+    picky = reward(reads=lambda: ("label",))(lambda completion, **fields: 1.0)
+    with pytest.raises(TypeError, match="reads function must take the term's kwargs"):
+        declared_reads(picky, {"mode": "exact"})
 
 
 def test_guesses():
