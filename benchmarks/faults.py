@@ -16,6 +16,10 @@ Faults (tiny random model, transformers engine, CPU):
   ceiling.
 - numerical: a NaN gradient under a finite loss, an inf loss; then K in a row.
 - bad input: configs, data and reward files that must fail before Ray starts.
+- async (train.max_staleness=1): kill -9 inside checkpoint.save and mid-step
+  while a batch is sampled ahead, `--resume auto` after each; SIGKILL of the
+  rollout worker while it samples ahead. Data lost counts prompts skipped or
+  trained twice (the run's trained.jsonl).
 
 Columns: injected faults; runs completed (the run, or the step, went on to
 its end); steps lost (finished steps redone after a resume); data lost
@@ -89,6 +93,52 @@ def process_faults(work: Path, kills: int, steps: int, seed: int) -> list[Row]:
                     f"{len(want['tensors'])} tensors bit-identical: {not differ}; "
                     f"resumed from {', '.join(got for _, got in run.resumes if got)}"))
     return rows
+
+
+# -- asynchronous runs (train.max_staleness=1) ------------------------------------
+
+ASYNC = ("train.max_staleness=1", "algo.rollout_is.mode=tis")
+
+
+def _ledger_faults(run: Path, steps: int, prompts: int) -> tuple[int, str]:
+    """Draws skipped or trained twice according to the run's trained.jsonl."""
+    from rlft.run.ledger import NAME, read
+
+    ledger = read(run / NAME)
+    draws = [g for r in ledger for g in r["draws"]]
+    want = list(range(steps * prompts))
+    bad = len(set(want) - set(draws)) + len(draws) - len(set(draws)) + \
+        int([r["step"] for r in ledger] != list(range(steps)))
+    return bad, f"{len(draws)} draws trained once each: {draws == want}"
+
+
+def async_process_faults(work: Path, kills: int, steps: int, seed: int) -> list[Row]:
+    """kill -9 of an async run inside checkpoint.save and at random moments."""
+    data = fh.write_prompts(work / "prompts.jsonl", 4)
+    plan = [("save", "step")[i % 2] for i in range(kills)]
+    run = fh.run_with_kills(work, data, steps, plan, random.Random(seed), keep=steps,
+                            extra=ASYNC)
+    bad, note = _ledger_faults(run.run, steps, 2)
+    return [Row("async K=1: kill -9 (in save, mid-step), --resume auto", len(run.kills),
+                len(run.kills) * (run.final_code == 0), run.steps_lost,
+                bad + len(run.wrong_resumes) + sum(len(k.unreadable) for k in run.kills),
+                f"{note}; in-flight batch drawn again on resume")]
+
+
+def async_actor_faults(work: Path) -> list[Row]:
+    """SIGKILL of the rollout worker while it samples a batch ahead of the learner."""
+    cfg = load_config(None, [*_overrides(work, "async", 4), *ASYNC])
+    t = TrainingLoop(cfg)
+    got = [t.train_step()]
+    pid = fh.actor_pid(t.pools.rollout[0])
+    kill = fh.KillWhen(fh.when_busy(pid))
+    got += [t.train_step() for _ in range(3)]
+    t.close()
+    bad, note = _ledger_faults(work / "async", 4, 2)
+    again = sum(m.extra["async/regenerated"] for m in got)
+    return [Row("async K=1: rollout worker SIGKILL while sampling ahead", 1,
+                int(bool(kill.fired)), 0, bad,
+                f"restarted, weights re-sent, batch sampled again ({again:.0f}); {note}")]
 
 
 # -- actor kills (in-process trainer on a local cluster) -------------------------
@@ -281,7 +331,9 @@ def main() -> int:
     start = time.time()
     rows = process_faults(_mk(work / "process"), ns.kills, ns.steps, ns.seed)
     rows += actor_faults(_mk(work / "actor"))
+    rows += async_actor_faults(_mk(work / "async-actor"))
     ray.shutdown()
+    rows += async_process_faults(_mk(work / "async"), max(2, ns.kills // 2), ns.steps, ns.seed)
     rows += reward_faults(_mk(work / "reward"))
     rows += numerical_faults()
     rows += bad_input(_mk(work / "input"))

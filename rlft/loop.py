@@ -141,7 +141,7 @@ class TrainingLoop:
                      for role in self.roles}
         self.version += 1
         flow.wait_s += self.ahead.settle()  # weights change between rollout batches only
-        t.run("sync", self.sync_weights)
+        t.run("sync", self.sync_weights, self.ahead.lost_weights())  # a restarted worker rejoins
         self.step += 1
         self.ledger.record(step, self.version - 1, item, self.sampler.prompt_at,
                            flow.dropped_draws)

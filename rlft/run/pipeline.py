@@ -229,6 +229,11 @@ class RolloutAhead:
             wait(list(self._queue))
         return time.perf_counter() - start
 
+    def lost_weights(self) -> bool:
+        """Whether a batch sampled ahead met a restarted rollout worker (call
+        after `settle`): the next sync must rebuild the broadcast group."""
+        return any(f.done() and isinstance(f.exception(), LostWeights) for f in self._queue)
+
     def step_rollout_seconds(self) -> float:
         """Generation seconds of the batches submitted since the last call (all
         finished once `settle` returned)."""

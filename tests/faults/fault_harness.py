@@ -250,13 +250,15 @@ def steps_done(before: str, after: str, start_step: int) -> int:
 
 
 def run_with_kills(work: Path, data: Path, steps: int, plan: list[str], rng,
-                   slow_save: float = 2.0, timeout: float = 600.0, keep: int = 2) -> FaultedRun:
+                   slow_save: float = 2.0, timeout: float = 600.0, keep: int = 2,
+                   extra: tuple[str, ...] = ()) -> FaultedRun:
     """Launch `rlft train`, SIGKILL it once per entry of `plan`, `--resume auto`
     after each kill, and let the last launch finish. An entry is a `Kill.kind`,
-    optionally with the checkpoint step it aims at: "save@3"."""
+    optionally with the checkpoint step it aims at: "save@3". `extra`: more
+    overrides (e.g. train.max_staleness=1)."""
     run_dir = work / "faulted"
     ckpts = run_dir / "run" / "checkpoints"
-    args = train_args(run_dir, data, steps, keep=keep)
+    args = train_args(run_dir, data, steps, extra, keep=keep)
     kills, logs, starts = [], [], []
     for i, entry in enumerate([*plan, "finish"]):
         kind, _, at = entry.partition("@")
