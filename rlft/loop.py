@@ -102,7 +102,7 @@ class TrainingLoop:
         self.colocated = cfg.rollout.mode == "colocated"  # rollout sleeps in the learner phase
         # train.max_staleness=K: K batches sampled ahead by a producer thread (K=0: inline).
         self.ahead = RolloutAhead(self.collect, self.sampler, cfg.train.max_staleness,
-                                  cfg.train.stale_policy)
+                                  cfg.train.stale_policy, cfg.train.steps)
         if self.run.resume_from is not None:
             self._restore(self.run.resume_from)
         self.ledger = Ledger(self.run.path, self.step)  # trained.jsonl: draws trained per step

@@ -127,7 +127,7 @@ class RolloutAhead:
     """K batches sampled ahead of the learner (K = `depth`), by one producer thread."""
 
     def __init__(self, produce: Produce, sampler: PromptSampler, depth: int,
-                 stale_policy: str = "regenerate") -> None:
+                 stale_policy: str = "regenerate", steps: int | None = None) -> None:
         if depth < 0:
             raise ValueError(f"RolloutAhead depth (train.max_staleness) must be >= 0, got {depth}")
         if stale_policy not in STALE_POLICIES:
@@ -139,11 +139,15 @@ class RolloutAhead:
         self._queue: deque[Future] = deque()
         self._new: list[Future] = []  # submitted during the current step
         self._next: int | None = None  # next step to submit
+        self.steps = steps  # the run's last step + 1: nothing is sampled past it
+        self._before: dict[int, dict] = {}  # step -> sampler state before its draws
 
     # -- the producer side -----------------------------------------------------
     def _run(self, step: int, version: int, again: Lost | None = None) -> Collected:
         """The producer for `step`: with the sampler, or `again`'s prompts."""
         before, first = self.sampler.state_dict(), self.sampler.drawn
+        if again is None and self.depth:
+            self._before[step] = before  # for a checkpoint, even if the producer fails
         source = (list(r) for r in again.rounds) if again else iter(self.sampler.next_batch, None)
         try:
             item = self.produce(step, version, source)
@@ -180,7 +184,7 @@ class RolloutAhead:
             return item, flow
         if self._next is None or not self._queue:
             self._next = step
-        while len(self._queue) <= self.depth:
+        while len(self._queue) <= self.depth and (self.steps is None or self._next < self.steps):
             self._submit(version)
         fut = self._queue.popleft()
         try:
@@ -194,6 +198,7 @@ class RolloutAhead:
         if staleness(version, item.version) > self.depth:
             item = self._stale(item, version, flow)
         flow.queue = len(self._queue)
+        self._before.pop(step, None)  # trained now; a dropped batch's fresh one too
         return item, flow
 
     def _again(self, lost: Lost, version: int, flow: StepFlow) -> Collected:
@@ -247,18 +252,16 @@ class RolloutAhead:
         return [f.result() for f in self._queue if f.done() and f.exception() is None]
 
     def sampler_state(self) -> dict:
-        """The sampler position before the oldest batch not yet trained."""
+        """The sampler position before the oldest batch not yet trained (call
+        after `settle`; a batch whose producer failed counts as not trained)."""
         if self._queue:
-            first = self._queue[0]
-            if not first.done():
+            if not all(f.done() for f in self._queue):
                 raise RuntimeError("sampler_state while the producer runs: call settle() first")
-            if first.exception() is None:
-                return first.result().sampler_before
-            raise RuntimeError(f"the batch sampled ahead failed ({first.exception()!r}); "
-                               "no checkpoint can say where its prompts are")
+            return self._before[min(self._before)]
         return self.sampler.state_dict()
 
     def inflight(self) -> list[dict]:
+        """What was sampled ahead: step, policy version and draws of each batch."""
         return [{"step": c.step, "policy_version": c.version, "draws": list(c.draws)}
                 for c in self.pending()]
 

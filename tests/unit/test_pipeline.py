@@ -134,3 +134,20 @@ def test_async_config_fails_before_any_model_loads():
     cfg = load_config(None, ["train.max_staleness=2", "algo.rollout_is.mode=mis",
                              "train.stale_policy=drop"])
     assert (cfg.train.max_staleness, cfg.train.stale_policy) == (2, "drop")
+
+
+def test_nothing_is_sampled_past_the_last_step_and_a_failed_batch_is_not_skipped():
+    class Fails(Producer):
+        def __call__(self, step, version, source):
+            if step == 2:
+                next(source)
+                raise RuntimeError("reward failures over the ceiling")
+            return super().__call__(step, version, source)
+
+    ahead, _ = _pipeline(1, produce=Fails())
+    ahead.steps = 3
+    _train(ahead, 2)
+    assert ahead.sampler_state()["position"] == 4  # before step 2's draws
+    with pytest.raises(RuntimeError, match="ceiling"):
+        ahead.take(2, 2, lambda: None)
+    assert [c[0] for c in ahead.produce.calls] == [0, 1]  # step 3 is past the end
