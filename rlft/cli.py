@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import shlex
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from rlft.commands.export import ExportError
 from rlft.config import Config, ConfigError, describe, load_config, to_yaml
+from rlft.run.console import ConsoleRouting
+from rlft.run.preflight import InputError, check_run
 
-USAGE = """rlft COMMAND ...
+USAGE = """rlft [--debug] [--verbose] COMMAND ...
 
 commands:
   train [CONFIG.yaml] [key.sub=value ...] [--resume auto|CKPT] [--print-config]
@@ -19,44 +26,74 @@ commands:
   eval CONFIG|RUN_DIR [key.sub=value ...] [--k K] [--limit N] [--out DIR]
                                       pass@k and mean reward on data.eval_split (eval.json, eval.md)
   config                                                    every config key, its default and meaning
+
+options (anywhere on the line):
+  --verbose   show Ray's, vLLM's and the workers' logs on the console too (always in runs/<run>/logs/)
+  --debug     a traceback for unexpected errors (without it: one line, exit status 1)
 """
+GLOBAL_FLAGS = ("--debug", "--verbose")
+
+
+@dataclass(frozen=True)
+class Options:
+    debug: bool = False
+    verbose: bool = False
+
+
+def _reward(args: list[str], opts: Options) -> int:
+    if args[:1] != ["check"]:
+        return _unknown(["reward", *args[:1]])
+    from rlft.commands.reward_check import main as reward_check
+
+    return reward_check(args[1:])
+
+
+def _lazy(module: str) -> Callable[[list[str], Options], int]:
+    """A command whose module is imported only when it runs (torch, Ray, ...)."""
+    return lambda args, opts: importlib.import_module(module).main(args)
+
+
+def _config(args: list[str], opts: Options) -> int:
+    for path, default, help_ in describe(Config):
+        print(f"{path:32} {default:28} {help_}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    opts = Options(debug="--debug" in argv, verbose="--verbose" in argv)
+    argv = [a for a in argv if a not in GLOBAL_FLAGS]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
-    cmd, rest = argv[0], argv[1:]
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        return _unknown(argv[:2])
     try:
-        if cmd == "train":
-            return _train(rest)
-        if cmd == "reward" and rest[:1] == ["check"]:
-            from rlft.commands.reward_check import main as reward_check
-
-            return reward_check(rest[1:])
-        if cmd == "export":
-            return _export(rest)
-        if cmd == "sft":
-            from rlft.commands.sft import main as sft
-
-            return sft(rest)
-        if cmd == "eval":
-            from rlft.commands.evaluate import main as evaluate
-
-            return evaluate(rest)
-        if cmd == "config":
-            for path, default, help_ in describe(Config):
-                print(f"{path:32} {default:28} {help_}")
-            return 0
+        return command(argv[1:], opts)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"unknown command {' '.join(argv[:2])!r}\n\n{USAGE}", file=sys.stderr)
+        return _fail(f"config error: {exc}", 2)
+    except (InputError, ExportError) as exc:
+        return _fail(f"error: {exc}", 2)
+    except KeyboardInterrupt:
+        return _fail(f"interrupted ({argv[0]})", 130)
+    except Exception as exc:
+        if opts.debug:
+            raise
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        return _fail(f"error: {type(exc).__name__}: {first} (run with --debug for the "
+                     f"traceback)", 1)
+
+
+def _fail(message: str, status: int) -> int:
+    """One line on stderr, whatever the message's own line breaks."""
+    print(" ".join(message.split()), file=sys.stderr)
+    return status
+
+
+def _unknown(words: list[str]) -> int:
+    print(f"unknown command {' '.join(words)!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 
 
@@ -77,7 +114,7 @@ def _without_resume(args: list[str]) -> list[str]:
     return out
 
 
-def _train(args: list[str]) -> int:
+def _train(args: list[str], opts: Options) -> int:
     p = argparse.ArgumentParser(prog="rlft train")
     p.add_argument("items", nargs="*", help="optional CONFIG.yaml, then key.sub=value overrides")
     p.add_argument("--resume", default=None, help="'auto' (newest complete checkpoint) or a path")
@@ -89,19 +126,37 @@ def _train(args: list[str]) -> int:
     if ns.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    import ray.exceptions
+    splits = [cfg.data.train_split] + ([cfg.data.eval_split] if cfg.train.eval_every else [])
+    check_run(cfg, splits, resume=ns.resume)  # before Ray or a model starts
+    import ray
 
     from rlft.loop import TrainingLoop
+    from rlft.run import checkpoint
 
-    trainer = TrainingLoop(cfg, resume=ns.resume)
-    try:
-        history = trainer.train()
-    except ray.exceptions.RayActorError as exc:
-        print(f"\nA worker died: {exc}\nThe last complete checkpoint is intact; continue with:\n"
-              f"  rlft train {' '.join(_without_resume(args))} --resume auto", file=sys.stderr)
-        return 1
-    finally:
-        trainer.close()
+    trainer, interrupted = None, False
+    with ConsoleRouting(verbose=opts.verbose):
+        try:
+            trainer = TrainingLoop(cfg, resume=ns.resume)
+            history = trainer.train()
+        except KeyboardInterrupt:
+            interrupted = True
+        except ray.exceptions.RayActorError as exc:
+            print(f"\nA worker died: {exc}\nThe last complete checkpoint is intact; continue "
+                  f"with:\n  rlft train {' '.join(_without_resume(args))} --resume auto",
+                  file=sys.stderr)
+            return 1
+        finally:
+            if trainer is not None:
+                trainer.close()
+        # Done or Ctrl-C (a dead worker's run stays up for inspection): Ray ends here,
+        # so the workers' last lines still go to the run's logs.
+        ray.shutdown()
+    if interrupted:  # Ctrl-C: the actors and Ray are gone; one line says where things stand
+        if trainer is None:
+            return _fail("interrupted while starting; nothing was trained", 130)
+        return _fail(interrupted_line(trainer.step, cfg.train.steps,
+                                      checkpoint.latest(trainer.run.ckpt_root), args,
+                                      cfg.logging.run_name, trainer.run.name), 130)
     if history:
         k = min(5, len(history))
         first = sum(m.reward_mean for m in history[:k]) / k
@@ -111,7 +166,24 @@ def _train(args: list[str]) -> int:
     return 0
 
 
-def _export(args: list[str]) -> int:
+def interrupted_line(done: int, total: int, ckpt: Path | None, args: list[str],
+                     run_name: str | None, folder_name: str) -> str:
+    """What a Ctrl-C ends with: the step reached, the newest checkpoint and the
+    command that resumes this very run (its name added when the config left it
+    to a timestamp, so `--resume auto` cannot pick another run).
+
+    >>> interrupted_line(5, 16, Path("runs/r/checkpoints/step-000004"), ["a.yaml"], None, "r")
+    'interrupted after step 5 of 16; newest checkpoint runs/r/checkpoints/step-000004; resume with: rlft train a.yaml logging.run_name=r --resume auto'
+    >>> interrupted_line(1, 16, None, ["logging.run_name=r", "--resume", "auto"], "r", "r")
+    'interrupted after step 1 of 16; no checkpoint yet (checkpoint.every); resume with: rlft train logging.run_name=r --resume auto'
+    """
+    where = f"newest checkpoint {ckpt}" if ckpt else "no checkpoint yet (checkpoint.every)"
+    again = _without_resume(args) + ([] if run_name else [f"logging.run_name={folder_name}"])
+    command = " ".join(["rlft train", *([shlex.join(again)] if again else []), "--resume auto"])
+    return f"interrupted after step {done} of {total}; {where}; resume with: {command}"
+
+
+def _export(args: list[str], opts: Options) -> int:
     p = argparse.ArgumentParser(prog="rlft export")
     p.add_argument("run_dir")
     p.add_argument("out_dir")
@@ -121,6 +193,12 @@ def _export(args: list[str]) -> int:
     out = export_run(ns.run_dir, ns.out_dir)
     print(f"exported {out}")
     return 0
+
+
+COMMANDS: dict[str, Callable[[list[str], Options], int]] = {
+    "train": _train, "sft": _lazy("rlft.commands.sft"), "reward": _reward, "export": _export,
+    "eval": _lazy("rlft.commands.evaluate"), "config": _config,
+}
 
 
 if __name__ == "__main__":

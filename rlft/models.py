@@ -191,9 +191,58 @@ def resolve_model(name: str) -> str:
                                     "point it at a Hugging Face model folder")
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise FileNotFoundError(f"model name {name!r}: no such folder (built-in names: "
-                                f"{', '.join(sorted(BUILDERS))})")
+        raise FileNotFoundError(f"model name {name!r}: no such folder, and not a built-in alias "
+                                f"({', '.join(sorted(BUILDERS))}); check the path")
     return name  # a hub id; from_pretrained fails clearly when offline
+
+
+def check_model_name(name: str, field: str = "model.name", timeout_s: float = 5.0) -> None:
+    """Fail before anything starts, with the fix, on a name no engine could load:
+    not a built-in alias, not a model folder, and a hub id neither in the local
+    Hugging Face cache nor on a reachable hub. Costs nothing for an alias or a
+    folder; an uncached hub id costs one metadata request (`timeout_s`), which
+    fails at once where there is no network.
+
+    >>> check_model_name("tiny-random")
+    >>> check_model_name("no such model")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: model.name='no such model' is neither a built-in alias ...
+    """
+    if name in BUILDERS:
+        return
+    path = Path(name).expanduser()
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        resolve_model(name)  # a folder: raises, naming the fix, unless it holds a model
+        return
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    head = (f"{field}={name!r} is neither a built-in alias ({', '.join(sorted(BUILDERS))}) nor "
+            f"a local folder")
+    fix = (f"use an alias, a folder holding a Hugging Face model (config.json), or download "
+           f"the model where there is a network (`hf download {name}`) and run again")
+    try:
+        if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):
+            return  # cached: loads offline
+    except ValueError as exc:  # HFValidationError: not even a valid hub id
+        raise FileNotFoundError(f"{head}, nor a valid hub id ({exc}); use an alias or a folder "
+                                f"holding a Hugging Face model (config.json)") from None
+    if constants.HF_HUB_OFFLINE:
+        raise FileNotFoundError(f"{head}, and it is not in the Hugging Face cache while the hub "
+                                f"is off (HF_HUB_OFFLINE=1); {fix}")
+    try:
+        huggingface_hub.model_info(name, timeout=timeout_s)
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"{head}, and the Hugging Face hub has no model {name!r} (or "
+                                f"it is private: `hf auth login`); check the spelling, or {fix}"
+                                ) from None
+    except Exception as exc:  # noqa: BLE001  (no network: DNS, refused, timeout, proxy)
+        first = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise FileNotFoundError(f"{head}, it is not in the Hugging Face cache, and the hub is "
+                                f"not reachable (offline? {type(exc).__name__}: {first}); {fix}"
+                                ) from None
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:

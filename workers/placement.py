@@ -22,9 +22,10 @@ import ray
 MKL_REPRODUCIBLE = {} if "MKL_CBWR" in os.environ else {"MKL_CBWR": "AUTO,STRICT"}
 
 
-def init_ray(address: str | None, num_cpus: int | None) -> None:
+def init_ray(address: str | None, num_cpus: int | None, setup_hook: str | None = None) -> None:
     """Join `address` (or RAY_ADDRESS); otherwise start a local cluster whose
-    dashboard, if any, listens on loopback only."""
+    dashboard, if any, listens on loopback only. `setup_hook`: an import path
+    every worker process runs first (Ray's worker_process_setup_hook)."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -34,13 +35,14 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
     wanted = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": threads, **MKL_REPRODUCIBLE}
     # A `ray job submit` runtime env already in force wins: Ray rejects a driver
     # whose runtime env sets the same variable differently.
+    hook = {"worker_process_setup_hook": setup_hook} if setup_hook else {}
     if address:
-        env = {"env_vars": {k: v for k, v in wanted.items() if k not in os.environ}}
+        env = {"env_vars": {k: v for k, v in wanted.items() if k not in os.environ}, **hook}
         ray.init(address=address, runtime_env=env, log_to_driver=True)
     else:
         _loopback_only()
         ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
-                 runtime_env={"env_vars": wanted}, log_to_driver=True)
+                 runtime_env={"env_vars": wanted, **hook}, log_to_driver=True)
 
 
 def _loopback_only() -> None:

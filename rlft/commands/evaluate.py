@@ -38,6 +38,7 @@ from rlft.commands.export import export_checkpoint, newest_checkpoint, run_confi
 from rlft.config import Config, load_config
 from rlft.models import resolve_model
 from rlft.rewards.base import RewardTerm
+from rlft.run.preflight import check_run
 from rlft.run.wiring import build_prompts_for, engine_name, sampling_params
 from rlft.types import Prompt, PromptBatch, Rollouts, ScoredRollouts
 from rlft.workers.reward import RewardService
@@ -162,6 +163,7 @@ def main(args: list[str]) -> int:
         path = run_eval(Path(target), overrides, ns.k, ns.limit, ns.out)
     else:
         cfg = load_config(target, overrides)
+        check_run(cfg, [cfg.data.eval_split])  # one line and exit 2 on bad input
         out = ns.out or Path(cfg.logging.run_dir) / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
         path = eval_model(cfg, None, ns.k, ns.limit, Path(out))
     print(f"wrote {path} and {path.with_suffix('.md')}")
@@ -172,6 +174,7 @@ def run_eval(run_dir: Path, overrides: Sequence[str], k: int | None, limit: int 
              out: str | None) -> Path:
     """Evaluate a run's newest complete checkpoint (exported to a temporary folder)."""
     cfg = run_config(run_dir, overrides)
+    check_run(cfg, [cfg.data.eval_split])
     ckpt = newest_checkpoint(run_dir)
     with tempfile.TemporaryDirectory(prefix="rlft-eval-") as tmp:
         export_checkpoint(cfg, ckpt, Path(tmp))

@@ -140,12 +140,14 @@ def default_out(cfg: Any) -> Path:
 
 def main(args: list[str]) -> int:
     from rlft.config import load_config
+    from rlft.run.preflight import check_run
 
     p = argparse.ArgumentParser(prog="rlft sft", description=__doc__.split("\n\n")[1])
     p.add_argument("items", nargs="*", help="optional CONFIG.yaml, then key.sub=value overrides")
     ns = p.parse_args(args)
     path = ns.items[0] if ns.items and "=" not in ns.items[0] else None
     cfg = load_config(path, ns.items[1:] if path else ns.items)
+    check_run(cfg, [cfg.data.train_split], rewards=False)  # one line and exit 2 on bad input
     result = run_sft(cfg, default_out(cfg))
     print(f"sft done: {len(result.losses)} steps, NLL per token on fixed demonstrations "
           f"{result.eval_before:.4f} -> {result.eval_after:.4f}; model folder {result.path}")

@@ -34,7 +34,9 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
         try:
             raw = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path!r} is not valid YAML: {exc}") from exc
+            raise ConfigError(f"config file {path!r} is not valid YAML: {yaml_problem(exc)}; "
+                              f"fix that line (a value holding ': ' or '#' needs quotes, "
+                              f"indent with spaces)") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path!r} must hold a mapping at the top level")
         raw.pop("_run", None)  # provenance in a run folder's config.yaml, not a setting
@@ -45,12 +47,26 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
         try:
             parsed = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc}); "
-                              "quote it, e.g. key='a: b'") from exc
+            raise ConfigError(f"override {item!r}: the value is not valid YAML "
+                              f"({yaml_problem(exc)}); quote it, e.g. key='a: b'") from exc
         _set_dotted(raw, key.strip(), parsed)
     cfg = _build(Config, raw, "")
     _check_cross_fields(cfg)
     return cfg
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: where, then what (PyYAML's own spans several).
+
+    >>> try:
+    ...     yaml.safe_load("a: b: c")
+    ... except yaml.YAMLError as exc:
+    ...     print(yaml_problem(exc))
+    line 1, column 5: mapping values are not allowed here
+    """
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:

@@ -34,30 +34,58 @@ def load_rows(source: str, split: str) -> datasets.Dataset:
     if source.startswith("builtin:"):
         ds = _builtin(source, split)
     else:
-        path = Path(source).expanduser()
-        if path.is_dir():
-            ds = _local_file(_split_file(path, source, split), source)
-        elif path.is_file():
-            ds = _local_file(path, source)
-        elif source.startswith((".", "/", "~")) or path.suffix in FORMATS:
-            raise FileNotFoundError(f"data.source={source!r}: no such file or folder; check the "
-                                    f"path (relative paths start from {str(Path.cwd())!r})")
-        else:
-            ds = _hub(source, split)
+        path = _local_path(source, split)
+        ds = _local_file(path, source) if path else _hub(source, split)
     if len(ds) == 0:
         raise ValueError(f"data.source={source!r}, split {split!r}: the dataset is empty; "
                          f"point data.source at data with rows")
     return ds
 
 
-def _builtin(source: str, split: str) -> datasets.Dataset:
+def check_source(source: str, split: str) -> None:
+    """The errors `load_rows` would raise for a missing or unusable source, found
+    without reading it: an unknown built-in task, a path that does not exist, a
+    folder without the split's file, an empty or unsupported file. A hub dataset
+    name is left to `load_rows`.
+
+    >>> check_source("builtin:arithmetic", "train")
+    >>> check_source("no/such/rows.jsonl", "train")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: data.source='no/such/rows.jsonl': no such file or folder; ...
+    """
+    if source.startswith("builtin:"):
+        _task(source)
+        return
+    path = _local_path(source, split)
+    if path is not None:
+        _format(path, source)
+
+
+def _local_path(source: str, split: str) -> Path | None:
+    """The local file to read, or None for a hub dataset name."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _split_file(path, source, split)
+    if path.is_file():
+        return path
+    if source.startswith((".", "/", "~")) or path.suffix in FORMATS:
+        raise FileNotFoundError(f"data.source={source!r}: no such file or folder; check the "
+                                f"path (relative paths start from {str(Path.cwd())!r})")
+    return None
+
+
+def _task(source: str):
     from rlft.data.tasks import TASKS
 
     try:
-        task = TASKS.get(source.removeprefix("builtin:"))
+        return TASKS.get(source.removeprefix("builtin:"))
     except RegistryError as exc:
         raise ValueError(f"data.source={source!r}: {exc}") from exc
-    rows = task(split)
+
+
+def _builtin(source: str, split: str) -> datasets.Dataset:
+    rows = _task(source)(split)
     # JSON strings: Arrow would merge differing objects into one struct and
     # fill the keys a row lacks with nulls. build_prompts parses them back.
     return datasets.Dataset.from_list(
@@ -75,7 +103,8 @@ def _split_file(folder: Path, source: str, split: str) -> Path:
         f"after the splits or set data.train_split / data.eval_split")
 
 
-def _local_file(path: Path, source: str) -> datasets.Dataset:
+def _format(path: Path, source: str) -> str:
+    """The `datasets` builder for the file; raises on an unsupported or empty one."""
     fmt = FORMATS.get(path.suffix)
     if fmt is None:
         raise ValueError(f"data.source={source!r}: unsupported file type {path.suffix!r}; "
@@ -83,6 +112,11 @@ def _local_file(path: Path, source: str) -> datasets.Dataset:
     if path.stat().st_size == 0:  # the json builder fails on these with a bare StopIteration
         raise ValueError(f"data.source={source!r}: {str(path)!r} is an empty file; point "
                          f"data.source at data with rows")
+    return fmt
+
+
+def _local_file(path: Path, source: str) -> datasets.Dataset:
+    fmt = _format(path, source)
     try:
         return datasets.load_dataset(fmt, data_files=str(path), split="train")
     except (ValueError, datasets.exceptions.DatasetGenerationError) as exc:

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from rlft.config import Config, to_dict
-from rlft.run import checkpoint
+from rlft.run import checkpoint, console
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,8 @@ class RunFolder:
             path = _auto_run(root, cfg.logging.run_name)
             ckpt = checkpoint.latest(path / "checkpoints") if path else None
         elif resume:
+            check_resume(resume)
             ckpt = Path(resume)
-            if not (ckpt / checkpoint.MARKER).is_file():
-                raise FileNotFoundError(
-                    f"--resume {resume!r} is not a complete checkpoint folder "
-                    f"(expected {checkpoint.MARKER} inside); use --resume auto to pick the newest")
             path = ckpt.parent.parent
         else:
             path = None
@@ -53,9 +50,18 @@ class RunFolder:
             name = cfg.logging.run_name or f"{cfg.algo.name}-{time.strftime('%Y%m%d-%H%M%S')}"
             path = root / name
         path.mkdir(parents=True, exist_ok=True)
+        console.attach(path)  # the command's logs go to path/logs/ from here on
         config_dict = {**to_dict(cfg), "_run": _provenance()}
         (path / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
         return RunFolder(path=path, name=path.name, resume_from=ckpt, config_dict=config_dict)
+
+
+def check_resume(resume: str) -> None:
+    """`--resume` is `auto` or a complete checkpoint folder."""
+    if resume != "auto" and not (Path(resume) / checkpoint.MARKER).is_file():
+        raise FileNotFoundError(
+            f"--resume {resume!r} is not a complete checkpoint folder "
+            f"(expected {checkpoint.MARKER} inside); use --resume auto to pick the newest")
 
 
 def _auto_run(root: Path, name: str | None) -> Path | None:

@@ -17,6 +17,7 @@ from rlft.data.sources import load_rows
 from rlft.models import load_tokenizer, resolve_model
 from rlft.registry import RegistryError
 from rlft.rewards.base import RewardTerm, load_term
+from rlft.run import console
 from rlft.run.resources import Demand, check_fits, cluster_nodes, custom
 from rlft.run.weight_push import WeightSync
 from rlft.workers.critic import Critic, CriticParams
@@ -178,7 +179,8 @@ def build_pools(cfg: Config, algo: Algorithm) -> Pools:
     its own node, as a cluster without a shared home folder needs; the driver
     resolves first, to fail early and to build its own node's copy."""
     terms = reward_terms(cfg) if algo.reward_source == "service" else []
-    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    init_ray(cfg.ray.address, cfg.ray.num_cpus, setup_hook=console.WORKER_SETUP)
+    console.ray_started()  # worker output to the run folder's logs (rlft/run/console.py)
     model = algo.policy_model or cfg.model.name
     resolve_model(model)
     ref = cfg.model.ref_name or model
