@@ -28,6 +28,7 @@ from rlft.algos.contract import LossTermSpec
 from rlft.learner import checkpoint as learner_ckpt
 from rlft.learner.distributed import (
     init_process_group,
+    keep_freed_memory,
     pick_device,
     release_cached_memory,
     shard_with_sum_reduction,
@@ -105,6 +106,7 @@ class Critic:
             raise ValueError(f"Critic rank={rank} must be in [0, world_size={world_size})")
         self.p, self.rank, self.world = params, rank, world_size
         self.device = pick_device(rank)
+        keep_freed_memory(self.device)  # CPU: reuse activation pages across updates
         self._own_pg = False
         self._model = local_source(model)  # before the group exists: see Learner
         if not defer_join:

@@ -32,6 +32,7 @@ from rlft.learner import checkpoint as learner_ckpt
 from rlft.learner import lora
 from rlft.learner.distributed import (
     init_process_group,
+    keep_freed_memory,
     pick_device,
     release_cached_memory,
     shard_with_sum_reduction,
@@ -132,6 +133,7 @@ class Learner:
             raise ValueError(f"Learner rank={rank} must be in [0, world_size={world_size})")
         self.p, self.rank, self.world = params, rank, world_size
         self.device = pick_device(rank)
+        keep_freed_memory(self.device)  # CPU: reuse activation pages across updates
         self._sender: BroadcastSender | None = None  # rank 0, broadcast weight transport
         self._own_pg = False
         # Names resolve (an alias is built) on this rank's node, before any process

@@ -36,10 +36,10 @@ What vLLM (0.32) gives us and how it is used:
   torch.distributed group) out of the caller. `VLLM_ENABLE_V1_MULTIPROCESSING=0`
   with `distributed_executor_backend="uni"` runs it in-process instead
   (faster start, but those changes then hit the calling process).
-- CPU (`_cpu_settings`): chunked prefill is turned off (vLLM's CPU path
+- CPU (workers/vllm_cpu.py): chunked prefill is turned off (vLLM's CPU path
   crashes on seeded requests whose prefill is split); the KV cache is
-  `kv_cache_gb` (else vLLM would size it from `gpu_memory_utilization` of all
-  RAM); threads come from vLLM's environment variables, read at start-up:
+  `kv_cache_gb`, else sized to the batch (vLLM would size it from
+  `gpu_memory_utilization` of all RAM); threads come from vLLM's environment variables, read at start-up:
   `VLLM_CPU_OMP_THREADS_BIND` ("auto": every core but one, which stays with
   the engine-core process) and `VLLM_CPU_NUM_OF_RESERVED_CPU`.
 - dtype: fp32 reproduces a transformers fp32 forward to ~1e-4 in log-prob;
@@ -50,16 +50,15 @@ What vLLM (0.32) gives us and how it is used:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from rlft.types import PromptBatch, Rollouts
 from rlft.workers.rollout import ENGINES, SamplingParams
+from rlft.workers.vllm_cpu import cpu_settings
 from rlft.workers.weight_sync import GROUPS, WeightUpdate, bucketize, load_buckets
 
 EXTENSION = "rlft.workers.vllm_engine.VLLMWorkerExtension"
@@ -164,54 +163,14 @@ def _dtype_name(dtype: str | torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _local_config(model_path: str) -> dict[str, Any] | None:
-    config_file = Path(model_path) / "config.json"
-    if not config_file.is_file():
-        return None  # a hub id: vLLM resolves it
-    cfg = json.loads(config_file.read_text())
-    return cfg.get("text_config", cfg)
-
-
-def _cpu_settings(model_path: str, max_model_len: int | None, llm_kwargs: dict[str, Any]
-                  ) -> None:
-    """Checks and defaults for the vllm-cpu build, applied to `llm_kwargs`.
-
-    - Head size: the CPU attention kernels take only some; fail here rather
-      than at the first forward, inside a child process.
-    - Chunked prefill off: when a prompt's prefill is split, vLLM rewinds the
-      request's seeded generator with `Generator.set_offset`, which CPU
-      generators lack ("CPU Generator does not use offset"), so a seeded batch
-      whose prompts exceed one step's token budget would kill the engine.
-      Unchunked prefill needs a token budget of at least the model length.
-    """
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-
-    cfg = _local_config(model_path)
-    if cfg is not None:
-        heads = cfg.get("num_attention_heads")
-        head_dim = cfg.get("head_dim") or (cfg["hidden_size"] // heads if heads else None)
-        supported = CPUAttentionBackend.get_supported_head_sizes()
-        if head_dim is not None and head_dim not in supported:
-            raise ValueError(f"{model_path}: head_dim {head_dim} is not supported by vLLM's "
-                             f"CPU attention (supported: {supported}); use rollout.engine=hf "
-                             "for this model or give it a supported head_dim")
-    if llm_kwargs.get("enable_chunked_prefill", False):
-        return  # the caller's choice; seeded sampling may then fail as described
-    model_len = max_model_len or (cfg or {}).get("max_position_embeddings")
-    if model_len is None:
-        raise ValueError(f"{model_path}: pass max_model_len for this model on CPU (its "
-                         "config.json is not local, and unchunked prefill needs the length)")
-    llm_kwargs["enable_chunked_prefill"] = False
-    llm_kwargs.setdefault("max_num_batched_tokens", max(int(model_len), 4096))
-
-
 @ENGINES.register("vllm")
 class VLLMEngine:
     """vLLM offline `LLM`, one engine per worker.
 
-    `kv_cache_gb`: KV-cache size (CPU default 2 GiB; on GPU None leaves it to
-    `gpu_memory_utilization`, the share of GPU memory vLLM may take, kept at
-    0.5 so a colocated learner fits). `sync_bucket_bytes`: tensor bytes per
+    `kv_cache_gb`: KV-cache size (on CPU None sizes it to `kv_cache_shape`,
+    (sequences per call, prompt + new tokens), see workers/vllm_cpu.py; on GPU
+    None leaves it to `gpu_memory_utilization`, the share of GPU memory vLLM
+    may take, kept at 0.5 so a colocated learner fits). `sync_bucket_bytes`: tensor bytes per
     weight-update RPC. `sleep_mode`: colocated runs; `sleep()` frees the GPU
     for the learner (vLLM sleep level 1: weights offloaded to CPU, KV cache
     dropped) and `wake()` restores it before the weight sync. Where vLLM has no
@@ -226,7 +185,8 @@ class VLLMEngine:
 
     def __init__(self, model_path: str, dtype: str | torch.dtype = "float32", seed: int = 0,
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5,
-                 kv_cache_gb: float | None = None, max_model_len: int | None = None,
+                 kv_cache_gb: float | None = None,
+                 kv_cache_shape: tuple[int, int] | None = None, max_model_len: int | None = None,
                  enforce_eager: bool = True, enable_prefix_caching: bool = True,
                  sync_bucket_bytes: int = 256 << 20, sleep_mode: bool = False,
                  **llm_kwargs: Any) -> None:
@@ -242,9 +202,9 @@ class VLLMEngine:
 
         on_cpu = current_platform.is_cpu()
         if on_cpu:
-            _cpu_settings(model_path, max_model_len, llm_kwargs)
-            kv_cache_gb = 2.0 if kv_cache_gb is None else kv_cache_gb
-        if kv_cache_gb is not None:
+            cpu_settings(model_path, _dtype_name(dtype), max_model_len, kv_cache_gb,
+                         kv_cache_shape, llm_kwargs)
+        elif kv_cache_gb is not None:
             llm_kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * (1 << 30))
         # vLLM refuses enable_sleep_mode where the platform lacks it (CPU).
         self.sleeps = sleep_mode and current_platform.is_sleep_mode_available()

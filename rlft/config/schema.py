@@ -90,8 +90,10 @@ class RolloutConfig:
                     choices=("split", "colocated"))
     tensor_parallel_size: int = doc(1, "vLLM only: GPUs (tensor-parallel workers) per rollout "
                                     "worker; split mode.", lo=1)
-    kv_cache_gb: float | None = doc(None, "vLLM only: KV-cache size in GiB; default 2 on CPU, "
-                                    "on GPU what gpu_memory_utilization leaves.", lo=0.001)
+    kv_cache_gb: float | None = doc(
+        None, "vLLM only: KV-cache size in GiB; default on CPU: room for one step's samples at "
+        "data.max_prompt_tokens + rollout.max_new_tokens each (at least one sequence of the "
+        "model's length); on GPU what gpu_memory_utilization leaves.", lo=0.001)
     gpu_memory_utilization: float = doc(0.5, "vLLM only: share of its GPU's memory an engine "
                                         "may take (weights + KV cache); leave room for the "
                                         "learner in colocated mode.", lo=0.01, hi=1.0)
@@ -276,8 +278,10 @@ class TrainConfig:
                             "(warm-up and decay advance with every optimizer step).", lo=0)
     weight_decay: float = doc(0.0, "AdamW weight decay.", lo=0.0)
     max_grad_norm: float = doc(1.0, "Gradient clipping norm.", lo=0.0)
-    micro_batch_tokens: int = doc(4096, "Token budget of one learner micro-batch (real tokens "
-                                  "with train.packing, rows x longest row without).", lo=1)
+    micro_batch_tokens: int | None = doc(
+        None, "Token budget of one learner micro-batch (real tokens with train.packing, rows x "
+        "longest row without); default 1024 on CPU (small buffers, reused every micro-batch), "
+        "8192 on GPU.", lo=1)
     packing: bool = doc(True, "Learner runs each micro-batch's rows back to back without "
                         "padding (block-diagonal attention; varlen FlashAttention on GPU).")
     compile: bool = doc(False, "torch.compile each decoder layer of the learner (first steps "

@@ -62,6 +62,19 @@ def model_dtype(cfg: Config, gpu: bool | None = None) -> str:
     return "bfloat16" if gpu else "float32"
 
 
+def micro_batch_tokens(cfg: Config, gpu: bool | None = None) -> int:
+    """`train.micro_batch_tokens`, where None is 8192 on GPUs and 1024 on CPU: a CPU
+    learner gains nothing from larger micro-batches, while its activations (about
+    1 MiB a token for SmolLM2-135M) set the peak memory."""
+    if cfg.train.micro_batch_tokens is not None:
+        return cfg.train.micro_batch_tokens
+    if gpu is None:
+        import torch
+
+        gpu = torch.cuda.is_available()
+    return 8192 if gpu else 1024
+
+
 def rollout_dtype(cfg: Config, gpu: bool) -> str:
     """The engines' dtype: rollout.dtype, where `auto` is the learner's."""
     return model_dtype(cfg, gpu) if cfg.rollout.dtype == "auto" else cfg.rollout.dtype
@@ -74,8 +87,10 @@ def engine_kwargs(cfg: Config, engine: str, gpu: bool = False, engines_per_gpu: 
     r = cfg.rollout
     dtype = rollout_dtype(cfg, gpu)
     if engine == "vllm":
+        together = -(-r.prompts_per_step * r.n // r.num_workers)  # one worker's share
         return dict(dtype=dtype, tensor_parallel_size=r.tensor_parallel_size,
                     kv_cache_gb=r.kv_cache_gb,
+                    kv_cache_shape=(together, cfg.data.max_prompt_tokens + r.max_new_tokens),
                     gpu_memory_utilization=r.gpu_memory_utilization / engines_per_gpu,
                     sleep_mode=r.mode == "colocated")
     changed = [f"rollout.{k}={getattr(r, k)}" for k, v in VLLM_ONLY.items() if getattr(r, k) != v]
@@ -143,7 +158,7 @@ def learner_params(cfg: Config, gpu: bool | None = None) -> LearnerParams:
     return LearnerParams(
         lr=t.lr, weight_decay=t.weight_decay, warmup_steps=optimizer_steps(cfg, t.warmup_steps),
         total_steps=optimizer_steps(cfg, t.steps), lr_schedule=t.lr_schedule,
-        max_grad_norm=t.max_grad_norm, micro_batch_tokens=t.micro_batch_tokens,
+        max_grad_norm=t.max_grad_norm, micro_batch_tokens=micro_batch_tokens(cfg, gpu),
         grad_checkpointing=cfg.model.grad_checkpointing,
         packing=t.packing, compile=t.compile, temperature=cfg.rollout.temperature or 1.0,
         seed=t.seed, max_nonfinite_steps=t.max_nonfinite_steps, param_dtype=model_dtype(cfg, gpu),
@@ -280,7 +295,7 @@ def _self_reward(cfg: Config, algo: Algorithm, terms: list[RewardTerm], opts: di
     a = algo.reward_args
     resolve_model(a["sft_model"]), resolve_model(a["base_model"])  # fail here, not in the actor
     return actor(SelfRewardScorer, a["sft_model"], a["base_model"], norm=a["norm"], eps=a["eps"],
-                 micro_batch_tokens=cfg.train.micro_batch_tokens,
+                 micro_batch_tokens=micro_batch_tokens(cfg, bool(opts.get("num_gpus"))),
                  dtype=model_dtype(cfg, bool(opts.get("num_gpus"))), **opts)
 
 
@@ -294,7 +309,8 @@ def critic_params(cfg: Config, gpu: bool | None = None) -> CriticParams:
                         warmup_steps=optimizer_steps(cfg, t.warmup_steps),
                         total_steps=optimizer_steps(cfg, t.steps),  # as many as the policy
                         lr_schedule=t.lr_schedule, max_grad_norm=t.max_grad_norm,
-                        micro_batch_tokens=t.micro_batch_tokens, param_dtype=model_dtype(cfg, gpu),
+                        micro_batch_tokens=micro_batch_tokens(cfg, gpu),
+                        param_dtype=model_dtype(cfg, gpu),
                         seed=t.seed, grad_checkpointing=cfg.model.grad_checkpointing,
                         max_nonfinite_steps=t.max_nonfinite_steps)
 

@@ -58,7 +58,7 @@ def test_engine_is_registered_without_importing_vllm_at_module_level():
 def test_rollout_config_reaches_the_engine_and_hf_refuses_vllm_settings():
     assert engine_kwargs(load_config(), "vllm") == dict(
         dtype="float32", tensor_parallel_size=1, kv_cache_gb=None, gpu_memory_utilization=0.5,
-        sleep_mode=False)
+        sleep_mode=False, kv_cache_shape=(64, 256 + 24))  # 8 prompts x 8 samples, one worker
     cfg = load_config(None, ["rollout.mode=colocated", "model.dtype=bfloat16",
                              "rollout.kv_cache_gb=0.5", "rollout.gpu_memory_utilization=0.3"])
     got = engine_kwargs(cfg, "vllm")  # dtype auto = the learner's
