@@ -90,8 +90,10 @@ class TrainingLoop:
         self.weights = build_weight_sync(cfg, self.pools)  # rollout.weight_transport
         self.step, self.version = 0, 0
         self.plan = UpdatePlan(cfg.train.epochs, cfg.train.minibatches, cfg.train.seed)
-        # Several updates per batch: PPO's ratio is taken against the policy that
-        # sampled (this version), not against each update's starting point.
+        # Several updates per batch: PPO's ratio is taken against the weights at the
+        # step's start (K=0: those that sampled; K>=1: the proximal policy, and the
+        # TIS/MIS weight pi_old / pi_rollout reaches back to the sampler), not
+        # against each update's starting point.
         self.needs = self.algo.needs | (
             {"old_logprobs"} if self.plan.updates > 1 else frozenset())
         critic_terms = self.algo.critic_terms
@@ -213,16 +215,15 @@ class TrainingLoop:
                             for w, s in zip(self.pools.rollout, shards) if s.prompts])
 
         parts = restarts.through_restarts(run, self.pools.rollout, self.cfg.ray.restart_timeout_s)
-        if ahead and any(p.policy_version != version for p in parts):
-            raise LostWeights(f"rollouts came from policy versions "
-                              f"{sorted({p.policy_version for p in parts})}, expected {version}: "
-                              f"a rollout worker was restarted")
         if any(p.policy_version != version for p in parts):
             # A worker that Ray restarted (ray.max_restarts) holds its initial weights:
             # send the current ones and generate again (seeded: the same samples).
-            log.warning("rollouts came from policy versions %s, expected %d: a rollout worker "
-                        "was restarted; re-sending the weights and generating again",
-                        sorted({p.policy_version for p in parts}), version)
+            lost = (f"rollouts came from policy versions "
+                    f"{sorted({p.policy_version for p in parts})}, expected {version}: a "
+                    f"rollout worker was restarted")
+            if ahead:
+                raise LostWeights(lost)
+            log.warning("%s; re-sending the weights and generating again", lost)
             # Its broadcast group membership is gone too: the group is rebuilt first.
             self.sync_weights(rejoin=True)
             parts = restarts.through_restarts(run, self.pools.rollout, self.cfg.ray.restart_timeout_s)
