@@ -156,7 +156,8 @@ def _train(args: list[str], opts: Options) -> int:
             return _fail("interrupted while starting; nothing was trained", 130)
         return _fail(interrupted_line(trainer.step, cfg.train.steps,
                                       checkpoint.latest(trainer.run.ckpt_root), args,
-                                      cfg.logging.run_name, trainer.run.name), 130)
+                                      cfg.logging.run_name, trainer.run.name,
+                                      cfg.checkpoint.every), 130)
     if history:
         k = min(5, len(history))
         first = sum(m.reward_mean for m in history[:k]) / k
@@ -167,20 +168,28 @@ def _train(args: list[str], opts: Options) -> int:
 
 
 def interrupted_line(done: int, total: int, ckpt: Path | None, args: list[str],
-                     run_name: str | None, folder_name: str) -> str:
+                     run_name: str | None, folder_name: str, every: int = 0) -> str:
     """What a Ctrl-C ends with: the step reached, the newest checkpoint and the
     command that resumes this very run (its name added when the config left it
     to a timestamp, so `--resume auto` cannot pick another run).
 
-    >>> interrupted_line(5, 16, Path("runs/r/checkpoints/step-000004"), ["a.yaml"], None, "r")
+    >>> interrupted_line(5, 16, Path("runs/r/checkpoints/step-000004"), ["a.yaml"], None, "r", 2)
     'interrupted after step 5 of 16; newest checkpoint runs/r/checkpoints/step-000004; resume with: rlft train a.yaml logging.run_name=r --resume auto'
-    >>> interrupted_line(1, 16, None, ["logging.run_name=r", "--resume", "auto"], "r", "r")
-    'interrupted after step 1 of 16; no checkpoint yet (checkpoint.every); resume with: rlft train logging.run_name=r --resume auto'
+    >>> interrupted_line(1, 16, None, ["a.yaml", "--resume", "auto"], None, "r")
+    'interrupted after step 1 of 16; no checkpoint to resume (checkpoint.every=0 saves only at the end; set checkpoint.every=N to save along the way); start again with: rlft train a.yaml'
     """
-    where = f"newest checkpoint {ckpt}" if ckpt else "no checkpoint yet (checkpoint.every)"
+    head = f"interrupted after step {done} of {total}"
+    if ckpt is None:
+        when = "only at the end" if every == 0 else f"every {every} steps"
+        hint = "; set checkpoint.every=N to save along the way" if every == 0 else ""
+        return (f"{head}; no checkpoint to resume (checkpoint.every={every} saves {when}{hint}); "
+                f"start again with: {_command(_without_resume(args))}")
     again = _without_resume(args) + ([] if run_name else [f"logging.run_name={folder_name}"])
-    command = " ".join(["rlft train", *([shlex.join(again)] if again else []), "--resume auto"])
-    return f"interrupted after step {done} of {total}; {where}; resume with: {command}"
+    return f"{head}; newest checkpoint {ckpt}; resume with: {_command(again)} --resume auto"
+
+
+def _command(args: list[str]) -> str:
+    return " ".join(["rlft train", *([shlex.join(args)] if args else [])])
 
 
 def _export(args: list[str], opts: Options) -> int:

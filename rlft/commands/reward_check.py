@@ -45,6 +45,7 @@ from rlft.registry import RegistryError
 from rlft.rewards.base import RewardTerm, term_labels
 from rlft.rewards.fields import field_warnings
 from rlft.rewards.runner import Outcome, describe
+from rlft.run.preflight import check_rewards
 from rlft.types import Rollouts
 
 EPILOG = """examples:
@@ -244,6 +245,7 @@ def main(argv: Sequence[str]) -> int:
     ns = parse_args(argv)
     try:
         plan = plan_check(ns)
+        check_rewards(plan.terms, label="REWARD")  # as rlft train checks (InputError: exit 2)
         ro = build_rollouts(plan.data, plan.split, ns.limit, ns.completions)
     except (CheckError, ConfigError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

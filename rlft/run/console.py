@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+WORKER_FORMAT = "%(name)s %(levelname)s %(message)s"  # in the workers: no time, Ray adds none
 # A worker's rlft record as `worker_logging` prints it: shown on the console.
 WORKER_RLFT = re.compile(r"^rlft(?:\.[\w.]+)? (?:WARNING|ERROR|CRITICAL) ")
 WORKER_SETUP = "rlft.run.console.worker_logging"  # Ray's worker_process_setup_hook
@@ -48,7 +49,7 @@ def worker_logging() -> None:
     """In each Ray worker: rlft's records, INFO and up, to stderr as
     `rlft.x LEVEL message` (the driver picks out warnings by that shape)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    handler.setFormatter(logging.Formatter(WORKER_FORMAT))
     rlft = logging.getLogger("rlft")
     rlft.addHandler(handler)
     rlft.setLevel(logging.INFO)
@@ -134,11 +135,15 @@ class ConsoleRouting:
             h.close()
         root.handlers, level = self._saved["root"]
         root.setLevel(level)
-        if self._workers is not None:
-            self._workers.close()
+        with self._lock:
+            if self._workers is not None:
+                self._workers.close()
 
     def attach(self, run_dir: Path) -> None:
-        """Start the files in `run_dir/logs/`; what was logged so far goes first."""
+        """Start the files in `run_dir/logs/`; what was logged so far goes first.
+        The first run folder of the command wins."""
+        if self.log_dir is not None:
+            return
         self.log_dir = Path(run_dir) / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         driver = logging.FileHandler(self.log_dir / "driver.log", encoding="utf-8")
@@ -159,8 +164,13 @@ class ConsoleRouting:
         log_to_driver=True): to workers.log; quiet, Ray's printer stops."""
         if self._workers is None:
             return  # no run folder: Ray prints as usual
-        from ray._private.ray_logging import global_worker_stdstream_dispatcher as streams
-
+        try:  # Ray's own hand-over point for worker output (not a public API)
+            from ray._private.ray_logging import global_worker_stdstream_dispatcher as streams
+        except ImportError:
+            logging.getLogger("rlft").warning(
+                "this Ray version has no worker-output dispatcher rlft knows: the workers' "
+                "logs stay on the console and in Ray's session folder")
+            return
         streams.remove_handler(OURS)
         streams.add_handler(OURS, self._worker_lines)
         if not self.verbose:
@@ -208,11 +218,14 @@ def ray_started() -> None:
 
 
 def _autoscaler_events(lines: list[str]) -> list[str]:
-    try:
-        from ray._private.worker import filter_autoscaler_events
-    except ImportError:  # another Ray: drop the status tables rather than flood the file
-        return []
-    return list(filter_autoscaler_events(lines))
+    """The autoscaler's events (scaling, failures), marked as Ray marks them;
+    its status table, published every few seconds, is left out as Ray does.
+
+    >>> _autoscaler_events(["Node status", "x :event_summary:Adding 1 node(s)"])
+    ['Adding 1 node(s)']
+    """
+    token = ":event_summary:"
+    return [line.split(token, 1)[1] for line in lines if token in line]
 
 
 def _progress_bars(on: bool | None) -> bool:

@@ -122,10 +122,14 @@ def test_ray_job_submit_trains_on_the_cluster(tmp_path, tiny_model_path):
         assert not (shipped[0] / "rlft").exists() and not (shipped[0] / ".venv").exists()
     assert status == JobStatus.SUCCEEDED, logs[-4000:]
     assert "done: 2 steps" in logs, logs[-4000:]
-    # The driver joined the head started above (RAY_ADDRESS), it did not start a cluster.
-    assert "Started a local Ray instance" not in logs
-    assert f"127.0.0.1:{gcs_port}" in logs, logs[-4000:]
+    # The driver joined the head started above (RAY_ADDRESS), it did not start a cluster:
+    # Ray's driver messages are in the run's logs/, the console has rlft's lines only.
     run = tmp_path / "job"
+    driver = (run / "logs" / "driver.log").read_text()
+    assert "Started a local Ray instance" not in driver + logs
+    assert f"127.0.0.1:{gcs_port}" in driver, driver[-4000:]
+    # The workers' output reached the run's logs too.
+    assert "(Learner pid=" in (run / "logs" / "workers.log").read_text()
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     assert (run / "checkpoints" / "step-000002").is_dir()
     assert (run / "config.yaml").is_file()

@@ -108,9 +108,22 @@ def test_an_unexpected_error_is_one_line_unless_debug(tmp_path, capsys):
 
 def test_interrupted_line_names_the_step_checkpoint_and_resume_command(tmp_path):
     ckpt = tmp_path / "checkpoints" / "step-000004"
-    line = cli.interrupted_line(5, 16, ckpt, ["a.yaml", "--resume", "auto", "x=1"], None, "grpo-1")
+    line = cli.interrupted_line(5, 16, ckpt, ["a.yaml", "--resume", "auto", "x=1"], None,
+                                "grpo-1", 2)
     assert line == (f"interrupted after step 5 of 16; newest checkpoint {ckpt}; resume with: "
                     "rlft train a.yaml x=1 logging.run_name=grpo-1 --resume auto")
-    line = cli.interrupted_line(0, 16, None, ["logging.run_name=mine"], "mine", "mine")
-    assert "no checkpoint yet" in line and line.endswith(
-        "rlft train logging.run_name=mine --resume auto")
+    line = cli.interrupted_line(3, 16, ckpt, ["logging.run_name=mine"], "mine", "mine", 2)
+    assert line.endswith("rlft train logging.run_name=mine --resume auto")  # named once
+    line = cli.interrupted_line(1, 16, None, ["--resume=auto"], None, "grpo-1", 4)
+    assert line == ("interrupted after step 1 of 16; no checkpoint to resume (checkpoint.every=4 "
+                    "saves every 4 steps); start again with: rlft train")
+
+
+def test_reward_check_meets_the_same_checks(tmp_path, capsys):
+    bad = tmp_path / "my_reward.py"
+    bad.write_text("def score(completion, **fields)\n    return 1.0\n")
+    code, err = _run(capsys, "reward", "check", f"{bad}:score", "--data", "builtin:arithmetic")
+    assert code == 2 and err == [f"error: REWARD[0] ('{bad}:score'): my_reward.py line 1: "
+                                 f"expected ':'; fix the file"], err
+    code, err = _run(capsys, "reward", "check", "accuracy", "--data", str(tmp_path / "x.jsonl"))
+    assert code == 2 and len(err) == 1 and "no such file or folder" in err[0], err
