@@ -21,11 +21,14 @@ USAGE = """rlft [--debug] [--verbose] COMMAND ...
 commands:
   train [CONFIG.yaml] [key.sub=value ...] [--resume auto|CKPT] [--print-config]
   sft [CONFIG.yaml] [key.sub=value ...]                     supervised fine-tune on the rows' demonstrations (sft.*)
-  reward check REWARD --data FILE [--completions FILE]   (see rlft reward check -h)
+  reward check [REWARD ...] [--data FILE] [--config FILE] [key.sub=value ...] [--completions FILE]
+                                      score completions with the run's data settings (rlft reward check -h)
   export RUN_DIR OUT_DIR                                    Hugging Face folder of the newest checkpoint
   eval CONFIG|RUN_DIR [key.sub=value ...] [--k K] [--limit N] [--out DIR]
                                       pass@k and mean reward on data.eval_split (eval.json, eval.md)
   config                                                    every config key, its default and meaning
+  plot RUN_DIR [--out FILE]                                 curves.png: reward, length, KL, entropy, stage times
+  runs [DIR]                                                the runs in DIR (default runs/), newest first
 
 options (anywhere on the line):
   --verbose   show Ray's, vLLM's and the workers' logs on the console too (always in runs/<run>/logs/)
@@ -159,12 +162,24 @@ def _train(args: list[str], opts: Options) -> int:
                                       cfg.logging.run_name, trainer.run.name,
                                       cfg.checkpoint.every), 130)
     if history:
-        k = min(5, len(history))
-        first = sum(m.reward_mean for m in history[:k]) / k
-        last = sum(m.reward_mean for m in history[-k:]) / k
-        print(f"done: {len(history)} steps, mean reward first {k} {first:.3f} -> last {k} "
-              f"{last:.3f}; run folder {trainer.run.path}")
+        _summary(trainer.run.path)
     return 0
+
+
+def _summary(run_dir: Path) -> None:
+    """The last lines of a run: its whole reward history (a resumed run's too)
+    and the picture of it."""
+    from rlft.commands.plot import PlotError, load_history, write_curves
+
+    try:
+        rewards = load_history(run_dir).series("reward/mean")
+        k = min(5, len(rewards))
+        first, last = sum(rewards[:k]) / k, sum(rewards[-k:]) / k
+        print(f"done: {len(rewards)} steps, mean reward first {k} {first:.3f} -> last {k} "
+              f"{last:.3f}; run folder {run_dir}")
+        print(f"curves: {write_curves(run_dir)}")
+    except PlotError as exc:  # e.g. logging.loggers without jsonl: nothing to read back
+        print(f"done; run folder {run_dir} ({exc})")
 
 
 def interrupted_line(done: int, total: int, ckpt: Path | None, args: list[str],
@@ -207,6 +222,7 @@ def _export(args: list[str], opts: Options) -> int:
 COMMANDS: dict[str, Callable[[list[str], Options], int]] = {
     "train": _train, "sft": _lazy("rlft.commands.sft"), "reward": _reward, "export": _export,
     "eval": _lazy("rlft.commands.evaluate"), "config": _config,
+    "plot": _lazy("rlft.commands.plot"), "runs": _lazy("rlft.commands.runs"),
 }
 
 

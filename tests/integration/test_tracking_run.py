@@ -31,6 +31,9 @@ def test_a_run_with_wandb_and_tensorboard_never_leaks_the_key(tmp_path, tiny_mod
     assert KEY not in out.stdout + out.stderr
 
     run = tmp_path / "runs" / "tracked"
+    # The run ends with its picture, named in the last line.
+    assert out.stdout.strip().splitlines()[-1] == f"curves: {run / 'curves.png'}"
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     leaks = [str(p) for p in written if KEY.encode() in p.read_bytes()]
     assert leaks == []
