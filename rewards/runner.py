@@ -54,6 +54,7 @@ class Outcome:
     total: float | None = None  # None: not applicable (or never ran, see RewardService._failed)
     parts: Mapping[str, float] = field(default_factory=dict)
     message: str = ""
+    text: str | None = None  # a text term's result (a tool call, `rlft.tools.call`)
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,9 @@ def _run_one(term: RewardTerm, fn: Callable, it: Item) -> Outcome:
         value = fn(it.completion, prompt=it.prompt, **{**it.fields, **term.kwargs})
     except Exception as exc:  # noqa: BLE001  (user code: a failure costs one sample)
         return Outcome("raised", message=f"{term.name}: {describe(exc)}")
+    if getattr(fn, "rlft_text", False):  # a tool call: the same isolation, a text result
+        return Outcome("ok", text=value) if isinstance(value, str) else \
+            Outcome("invalid", message=f"{term.name}: returned {type(value).__name__}, not str")
     out = _checked(value)
     return out if out.kind == "ok" else Outcome(out.kind, message=f"{term.name}: {out.message}")
 

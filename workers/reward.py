@@ -123,6 +123,14 @@ class RewardService:
         start = time.perf_counter()
         items = [Item(b, rollouts.response_text[b], rollouts.row(b).text,
                       dict(rollouts.row(b).fields)) for b in range(len(rollouts))]
+        results = self.outcomes(items)
+        scored = self._assemble(rollouts, results, time.perf_counter() - start)
+        return scored, [results[b] for b in range(len(rollouts))]
+
+    def outcomes(self, items: list[Item]) -> dict[int, tuple[Outcome, ...]]:
+        """Each item's Outcome per term, keyed by `Item.index`, under the service's
+        isolation and time limit: a call that fails is an Outcome; only processes that cannot
+        start raise (tool calls use this: `rlft.workers.tools`)."""
         results: dict[int, tuple[Outcome, ...]] = {}
         if self.num_workers == 0:
             self._setup_here()
@@ -133,8 +141,7 @@ class RewardService:
                 items = self._run_inline(items, results)
             if items:
                 self._run_pool(items, results)
-        scored = self._assemble(rollouts, results, time.perf_counter() - start)
-        return scored, [results[b] for b in range(len(rollouts))]
+        return results
 
     def close(self) -> None:
         for p in self._procs:
