@@ -1,0 +1,205 @@
+"""The turn loop: the model writes, calls tools, reads their results and goes on.
+
+Engine-agnostic: it asks any `RolloutEngine` to continue token-id contexts
+(one `generate` call per turn for every unfinished sample of the batch, so
+vLLM's prefix cache and the transformers engine's batching both apply) and a
+`ToolRunner` (or anything with its `run`) to execute the calls.
+
+Token in, token out. A trajectory is token ids from start to end: the model's
+tokens exactly as sampled, then each tool turn as the chat template's glue
+around the tool messages, tokenized on its own (`ChatGlue`) and appended.
+Earlier turns are never re-tokenized, so the learner trains on the very
+tokens the engine sampled. `model_mask` is True on the model's tokens only;
+tool results and template glue carry no loss, and their log-probs are 0.
+
+A turn ends at the engine's stop (EOS or a stop string) or its length cap.
+It calls tools when `rewards/tool_parse.parse_calls` finds calls in it (the
+Hermes/Qwen `<tool_call>{...}</tool_call>` blocks and the JSON call forms
+the `tool_call` reward reads); a `<tool_call>` block that holds no readable
+call gets an error message, as a failed tool would. A trajectory ends at an
+answer (a turn with no call), at `max_turns` model turns, when the engine
+stops it for length, or when `max_total_tokens` (all turns and tool
+messages, after the prompt) would be exceeded (finish reason "length").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from rlft.rewards.tool_parse import TAGGED, parse_calls
+from rlft.types import Prompt, PromptBatch, Rollouts
+from rlft.workers.tools import ToolRequest, ToolResult
+
+MARK = "\u2063rlft-turn-end\u2063"  # stands for the model's turn when the glue is rendered
+CALL_FORMAT = '<tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>'
+
+
+class ToolExecutor(Protocol):
+    def run(self, requests: Sequence[ToolRequest]) -> list[ToolResult]: ...
+
+
+@dataclass
+class Trajectory:
+    """One sample across all its turns. `ids`, `model_mask`, `logprobs` align token for token."""
+
+    prompt_index: int
+    group_id: int
+    prompt_ids: tuple[int, ...]
+    prefix_len: int = 0
+    ids: list[int] = field(default_factory=list)  # everything after the prompt
+    model_mask: list[bool] = field(default_factory=list)  # True: sampled by the model
+    logprobs: list[float] = field(default_factory=list)  # the engine's; 0.0 where masked
+    messages: list[dict] = field(default_factory=list)  # assistant and tool messages
+    turns: int = 0
+    tool_calls: int = 0
+    tool_errors: int = 0
+    finish_reason: str = ""  # "" while it goes on; then "stop" | "length"
+    pending: list[ToolRequest] = field(default_factory=list, repr=False)  # this turn's calls
+
+    @property
+    def answer(self) -> str:
+        """The last assistant message's text (what an answer reward reads)."""
+        said = [m["content"] for m in self.messages if m["role"] == "assistant"]
+        return said[-1] if said else ""
+
+
+class ChatGlue:
+    """The template's text from the end of a model turn to the start of the next one.
+
+    Rendered once per turn from a stand-in conversation (user, assistant =
+    `MARK`, the tool messages, generation prompt) and cut after the mark: what
+    follows is exactly what the template writes between the model's turn and
+    its next turn, the tool messages included. The turn's own end token (EOS,
+    when the model wrote it) is dropped from the glue's start.
+    """
+
+    def __init__(self, tok: Any, tools: list[dict] | None = None) -> None:
+        self.tok, self.tools = tok, tools or None
+        probe = self._render([])
+        if MARK not in probe:
+            raise ValueError("the tokenizer's chat template drops the assistant's text; the turn "
+                             "loop needs a template that renders assistant messages")
+
+    def _render(self, tool_messages: list[dict]) -> str:
+        convo = [{"role": "user", "content": "?"}, {"role": "assistant", "content": MARK},
+                 *tool_messages]
+        kwargs = {"tools": self.tools} if self.tools else {}
+        return self.tok.apply_chat_template(convo, tokenize=False, add_generation_prompt=True,
+                                            **kwargs)
+
+    def ids(self, results: Sequence[ToolResult], turn_end: str) -> list[int]:
+        """Token ids to append after a model turn whose last token reads `turn_end`."""
+        text = self._render([{"role": "tool", "name": r.name, "content": r.content}
+                             for r in results])
+        glue = text[text.index(MARK) + len(MARK):]
+        if turn_end and glue.startswith(turn_end):
+            glue = glue[len(turn_end):]
+        return self.tok.encode(glue, add_special_tokens=False)
+
+
+def requests_in(text: str) -> list[ToolRequest]:
+    """The tool calls of one model turn; an unreadable `<tool_call>` block is an error request.
+
+    >>> requests_in('<tool_call>{"name": "calculator", "arguments": {"expression": "1+1"}}'
+    ...             '</tool_call>')
+    [ToolRequest(name='calculator', arguments={'expression': '1+1'}, error='')]
+    >>> requests_in("The answer is 2."), requests_in("<tool_call>calculator(1+1)</tool_call>")[0].error[:24]
+    ([], 'could not read this tool')
+    """
+    calls = parse_calls(text)
+    if not calls and TAGGED.search(text):
+        return [ToolRequest("?", None, f"could not read this tool call; write {CALL_FORMAT}")]
+    return [ToolRequest(c.name, c.arguments) if c.arguments is not None else
+            ToolRequest(c.name, None, f"the arguments of {c.name!r} are not a JSON object; "
+                                      f"write {CALL_FORMAT}")
+            for c in calls]
+
+
+@dataclass(frozen=True)
+class TurnLimits:
+    max_turns: int = 4  # model turns per trajectory
+    max_total_tokens: int = 512  # after the prompt: every turn and tool message
+
+    def __post_init__(self) -> None:
+        if self.max_turns < 1 or self.max_total_tokens < 1:
+            raise ValueError(f"rollout.max_turns ({self.max_turns}) and rollout.max_total_tokens "
+                             f"({self.max_total_tokens}) must be >= 1")
+
+
+def run_turns(engine: Any, tok: Any, batch: PromptBatch, params: Any, tools: ToolExecutor,
+              glue: ChatGlue, limits: TurnLimits) -> list[Trajectory]:
+    """Every sample of `batch` (`batch.n` per prompt) to its end; see the module docstring."""
+    params = replace(params, max_new_tokens=min(params.max_new_tokens, limits.max_total_tokens))
+    first = engine.generate(batch, params)
+    trajs = [Trajectory(first.prompt_index[b], first.group_id[b], first.prompt_ids[b],
+                         first.prefix_len[b]) for b in range(len(first))]
+    _take_turn(trajs, range(len(trajs)), first, tok, limits)
+    while True:
+        _call_tools(trajs, tok, tools, glue, limits)
+        live = [i for i, t in enumerate(trajs) if not t.finish_reason]
+        if not live:
+            return trajs
+        room = max(limits.max_total_tokens - len(trajs[i].ids) for i in live)
+        prompts = tuple(Prompt(batch.prompts[trajs[i].prompt_index].uid,
+                               batch.prompts[trajs[i].prompt_index].text,
+                               trajs[i].prompt_ids + tuple(trajs[i].ids),
+                               batch.prompts[trajs[i].prompt_index].fields) for i in live)
+        more = PromptBatch(prompts, tuple(() for _ in live),
+                           tuple(trajs[i].group_id for i in live), n=1)
+        seed = None if params.seed is None else params.seed + trajs[live[0]].turns
+        out = engine.generate(more, replace(params, max_new_tokens=min(params.max_new_tokens, room),
+                                            seed=seed))
+        _take_turn(trajs, live, out, tok, limits)
+
+
+def _take_turn(trajs: list[Trajectory], which: Sequence[int], out: Rollouts, tok: Any,
+               limits: TurnLimits) -> None:
+    """Append each sample's new model turn (cut to its token budget)."""
+    for k, i in enumerate(which):
+        t = trajs[i]
+        room = limits.max_total_tokens - len(t.ids)
+        new, lps = list(out.response_ids[k][:room]), list(out.rollout_logprobs[k][:room])
+        cut = len(new) < len(out.response_ids[k])
+        t.ids += new
+        t.model_mask += [True] * len(new)
+        t.logprobs += lps
+        t.turns += 1
+        text = tok.decode(new, skip_special_tokens=True)
+        calls = [] if cut else requests_in(text)
+        t.messages.append({"role": "assistant", "content": text,
+                           "tool_calls": [{"name": c.name, "arguments": c.arguments}
+                                          for c in calls if not c.error]})
+        if cut or out.finish_reason[k] == "length":
+            t.finish_reason = "length"
+        elif not calls or t.turns >= limits.max_turns:
+            t.finish_reason = "stop"
+        t.pending = [] if t.finish_reason else calls
+
+
+def _call_tools(trajs: list[Trajectory], tok: Any, tools: ToolExecutor, glue: ChatGlue,
+                limits: TurnLimits) -> None:
+    """Run every pending call of the batch in one `tools.run`, then append each tool turn."""
+    waiting = [t for t in trajs if t.pending]
+    results = tools.run([r for t in waiting for r in t.pending]) if waiting else []
+    for t in waiting:
+        calls, t.pending = t.pending, []
+        mine, results = results[:len(calls)], results[len(calls):]
+        t.tool_calls += sum(1 for c in calls if not c.error)
+        t.tool_errors += sum(1 for r in mine if not r.ok)
+        end = tok.decode(t.ids[-1:], skip_special_tokens=False)
+        ids = glue.ids(mine, end)
+        if len(t.ids) + len(ids) >= limits.max_total_tokens:
+            t.finish_reason = "length"  # no room for the results and a turn after them
+            continue
+        t.ids += ids
+        t.model_mask += [False] * len(ids)
+        t.logprobs += [0.0] * len(ids)
+        t.messages += [{"role": "tool", "name": r.name, "content": r.content, "ok": r.ok}
+                       for r in mine]
+
+
+def conversation(traj: Trajectory) -> list[Mapping[str, Any]]:
+    """The trajectory's messages after the prompt (for rewards and logs)."""
+    return [dict(m) for m in traj.messages]
