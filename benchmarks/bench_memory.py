@@ -1,0 +1,138 @@
+"""Memory and CPU time of the default run: today's settings against the old ones.
+
+Runs `rlft train` twice as a child process, each a short default run
+(`train.steps=3` unless overridden), and samples every process of it (the
+driver, Ray's own processes, the learner, the rollout worker and its vLLM
+engine core, the reward processes) twice a second:
+
+- resident memory: the peak over the run of the sum of every process's RSS
+  (what the issue measured; shared pages count once per process) and of PSS
+  (shared pages split between the processes that map them: the honest total),
+  and each role's peak RSS;
+- the learner's user and system CPU seconds (system time is the kernel
+  first-touching fresh memory);
+- wall time of the whole run and the mean learner update time per step.
+
+"before" is the run with the old settings, `train.micro_batch_tokens=4096
+rollout.kv_cache_gb=2`, and `RLFT_MALLOC_DEFAULT=1`, which leaves glibc's
+malloc as it was (freed activations go back to the kernel and are first-touched
+again every update); "after" is the defaults. The last table gives after /
+before for each figure.
+
+    .venv/bin/python benchmarks/bench_memory.py [--steps N] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+# Process title (Ray sets `ray::<Class>`) -> role; children count for their
+# nearest labelled ancestor (vLLM's engine core under the rollout worker).
+ROLES = (("ray::Learner", "learner"), ("ray::RolloutWorker", "rollout"),
+         ("EngineCore", "rollout"), ("ray::RewardService", "reward"),
+         ("ray::", "other ray workers"), ("raylet", "ray system"), ("gcs_server", "ray system"))
+OLD = ["train.micro_batch_tokens=4096", "rollout.kv_cache_gb=2"]
+GIB = 1 << 30
+
+
+def role_of(proc: psutil.Process, driver: int) -> str:
+    for p in [proc, *proc.parents()]:
+        if p.pid == driver:
+            return "driver" if p is proc else "ray system"
+        try:
+            line = " ".join(p.cmdline()) or p.name()
+        except psutil.Error:
+            continue
+        for key, role in ROLES:
+            if key in line:
+                return role
+    return "ray system"
+
+
+@dataclass
+class Sample:
+    peak_rss: float = 0.0
+    peak_pss: float = 0.0
+    role_peak: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    learner_cpu: tuple[float, float] = (0.0, 0.0)
+
+
+def watch(driver: int, out: Sample, stop: threading.Event) -> None:
+    root = psutil.Process(driver)
+    while not stop.is_set():
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return
+        rss, pss, roles = 0.0, 0.0, defaultdict(float)
+        for p in procs:
+            try:
+                mem = p.memory_full_info()
+                role = role_of(p, driver)
+                if role == "learner":
+                    cpu = p.cpu_times()
+                    out.learner_cpu = (cpu.user, cpu.system)
+            except psutil.Error:
+                continue
+            rss, pss = rss + mem.rss, pss + mem.pss
+            roles[role] += mem.rss
+        out.peak_rss, out.peak_pss = max(out.peak_rss, rss), max(out.peak_pss, pss)
+        for role, value in roles.items():
+            out.role_peak[role] = max(out.role_peak[role], value)
+        stop.wait(0.5)
+
+
+def run(name: str, overrides: list[str], env: dict[str, str], runs: Path) -> dict:
+    cmd = [sys.executable, "-m", "rlft.cli", "train", f"logging.run_dir={runs}",
+           f"logging.run_name={name}", *overrides]
+    t0 = time.perf_counter()
+    child = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    sample, stop = Sample(), threading.Event()
+    thread = threading.Thread(target=watch, args=(child.pid, sample, stop), daemon=True)
+    thread.start()
+    _, err = child.communicate()
+    stop.set()
+    thread.join()
+    if child.returncode:
+        raise SystemExit(f"{name} run failed ({child.returncode}):\n{err[-3000:]}")
+    steps = [json.loads(line) for line in (runs / name / "metrics.jsonl").read_text().splitlines()]
+    update = [s["time/update"] for s in steps if "time/update" in s]
+    print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return {"wall s": time.perf_counter() - t0, "update s/step": sum(update) / max(len(update), 1),
+            "peak RSS sum GiB": sample.peak_rss / GIB, "peak PSS sum GiB": sample.peak_pss / GIB,
+            "learner user s": sample.learner_cpu[0], "learner system s": sample.learner_cpu[1],
+            **{f"  {r} peak RSS GiB": v / GIB for r, v in sorted(sample.role_peak.items())}}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("overrides", nargs="*", help="key=value for both runs")
+    ns = p.parse_args()
+    base = [f"train.steps={ns.steps}", *ns.overrides]
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = Path(tmp)
+        before = run("before", base + OLD, {"RLFT_MALLOC_DEFAULT": "1"}, runs)
+        after = run("after", base, {}, runs)
+    print(f"\n| figure ({ns.steps} steps) | before | after | after / before |\n|---|---|---|---|")
+    for key in before.keys() | after.keys():
+        b, a = before.get(key, 0.0), after.get(key, 0.0)
+        print(f"| {key} | {b:.2f} | {a:.2f} | {a / b if b else float('nan'):.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
