@@ -171,10 +171,12 @@ class RolloutAhead:
         self._next += 1
 
     # -- the learner side ----------------------------------------------------
-    def take(self, step: int, version: int, on_lost: Callable[[], None]) -> tuple[Collected, StepFlow]:
+    def take(self, step: int, version: int, on_lost: Callable[[], None]
+             ) -> tuple[Collected, StepFlow]:
         """The batch to train at `step` with weights `version`; first tops the
         queue up to K batches ahead (sampled with `version`). `on_lost` re-sends
-        the weights after a `LostWeights`."""
+        the weights after a `LostWeights`. The batch's own `step` (its seeds)
+        runs ahead of `step` once a batch was dropped for staleness."""
         flow = StepFlow()
         start = time.perf_counter()
         if self.depth == 0:
@@ -198,7 +200,7 @@ class RolloutAhead:
         if staleness(version, item.version) > self.depth:
             item = self._stale(item, version, flow)
         flow.queue = len(self._queue)
-        self._before.pop(step, None)  # trained now; a dropped batch's fresh one too
+        self._before.pop(item.step, None)  # trained now
         return item, flow
 
     def _again(self, lost: Lost, version: int, flow: StepFlow) -> Collected:
@@ -219,12 +221,19 @@ class RolloutAhead:
         if self.stale_policy == "regenerate":
             return self._again(Lost(item.step, item.rounds, item.draws, item.sampler_before),
                                version, flow)
-        flow.dropped += len(item.scored.rollouts)
-        flow.dropped_draws = item.draws
+        # Dropped: the next batch in line takes its place (fresh prompts drawn now
+        # would come after those sampled ahead, and a resume would draw them twice).
         self.settle()
-        fresh = self._run(item.step, version)
-        flow.rollout_busy_s += fresh.seconds.get("rollout", 0.0)
-        return fresh
+        while staleness(version, item.version) > self.depth:
+            flow.dropped += len(item.scored.rollouts)
+            flow.dropped_draws += item.draws
+            self._before.pop(item.step, None)
+            if self._queue:
+                item = self._queue.popleft().result()
+            else:
+                item = self._run(item.step, version)
+                flow.rollout_busy_s += item.seconds.get("rollout", 0.0)
+        return item
 
     def settle(self) -> float:
         """Wait until the producer is idle (before a weight sync); returns the

@@ -97,11 +97,15 @@ def test_a_batch_older_than_k_versions_is_not_trained(policy):
     ahead, _ = _pipeline(1, policy)
     _train(ahead, 1)  # step 1's batch sampled with version 0
     item, flow = ahead.take(1, 5, lambda: None)  # ... but the learner is at version 5
-    assert item.version == 5 and item.step == 1
+    assert item.version == 5
     if policy == "regenerate":  # the same prompts, sampled again
-        assert (item.draws, flow.regenerated, flow.dropped) == ((2, 3), 1, 0)
-    else:  # fresh prompts after those sampled ahead; the dropped ones are named
-        assert (item.draws, flow.dropped, flow.dropped_draws) == ((6, 7), 2, (2, 3))
+        assert (item.step, item.draws, flow.regenerated, flow.dropped) == (1, (2, 3), 1, 0)
+    else:  # the next batch in line (sampled with version 5) takes its place
+        assert (item.step, item.draws, flow.dropped, flow.dropped_draws) == (2, (4, 5), 2, (2, 3))
+    # A checkpoint now rewinds to the first draw not yet trained (5 prompts an epoch).
+    ahead.settle()
+    want = 6 if policy == "drop" else 4
+    assert ahead.sampler_state()["position"] + 5 * ahead.sampler_state()["epoch"] == want
     ahead.close()
 
 
