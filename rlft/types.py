@@ -93,6 +93,10 @@ class Rollouts:
     group_id: tuple[int, ...]
     policy_version: int
     expert: tuple[bool, ...] = ()  # True for injected demonstrations (CHORD)
+    # Multi-turn (rollout.tools, workers/turns.py); empty for single-turn rollouts.
+    model_mask: tuple[tuple[bool, ...], ...] = ()  # per response token: sampled by the model
+    conversation: tuple[tuple[Mapping[str, Any], ...], ...] = ()  # messages after the prompt
+    tool_seconds: float = 0.0  # wall time spent in tool calls
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -129,7 +133,19 @@ class Rollouts:
             group_id=cat("group_id"),
             policy_version=parts[0].policy_version,
             expert=tuple(e for p in parts for e in (p.expert or (False,) * len(p))),
+            model_mask=_joined(parts, "model_mask", lambda p: tuple(
+                (True,) * len(r) for r in p.response_ids)),
+            conversation=_joined(parts, "conversation", lambda p: ((),) * len(p)),
+            tool_seconds=sum(p.tool_seconds for p in parts),
         )
+
+
+def _joined(parts: list[Rollouts], name: str, default: Any) -> tuple:
+    """A per-sample multi-turn field across parts: empty when no part has it, else each
+    part's own or `default(part)` (single-turn parts, e.g. demonstration rows)."""
+    if not any(getattr(p, name) for p in parts):
+        return ()
+    return tuple(x for p in parts for x in (getattr(p, name) or default(p)))
 
 
 @dataclass(frozen=True)

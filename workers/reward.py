@@ -121,8 +121,12 @@ class RewardService:
         """`score`, plus each sample's Outcome per term (failure kind and message included),
         which `ScoredRollouts` only counts; `rlft reward check` prints them."""
         start = time.perf_counter()
+        # Multi-turn: the completion is the final answer; `conversation` (messages, calls,
+        # tool results) reaches every reward as a keyword, beside the row's fields.
+        talk = rollouts.conversation
         items = [Item(b, rollouts.response_text[b], rollouts.row(b).text,
-                      dict(rollouts.row(b).fields)) for b in range(len(rollouts))]
+                      {**rollouts.row(b).fields, **({"conversation": list(talk[b])} if talk else {})})
+                 for b in range(len(rollouts))]
         results = self.outcomes(items)
         scored = self._assemble(rollouts, results, time.perf_counter() - start)
         return scored, [results[b] for b in range(len(rollouts))]

@@ -31,9 +31,11 @@ from transformers import (
 )
 
 from rlft.algos.logprobs import logprobs_from_hidden
-from rlft.models import resolve_model
+from rlft.models import load_tokenizer, resolve_model
 from rlft.registry import Registry
 from rlft.types import PromptBatch, Rollouts
+from rlft.workers.tools import ToolSettings
+from rlft.workers.turns import ToolTurns
 from rlft.workers.weight_sync import GROUPS, SyncGroup, WeightUpdate, iter_update
 
 
@@ -309,7 +311,7 @@ class RolloutWorker:
     """
 
     def __init__(self, engine: str = "hf", model_path: str = "", seed: int = 0,
-                 **engine_kwargs: Any) -> None:
+                 tools: ToolSettings | None = None, **engine_kwargs: Any) -> None:
         if not model_path:
             raise ValueError("RolloutWorker needs model_path (a folder, or a name for "
                              "rlft.models.resolve_model)")
@@ -319,9 +321,12 @@ class RolloutWorker:
         self.engine: RolloutEngine = _engine_class(engine)(folder, seed=seed, **engine_kwargs)
         self.asleep = False
         self._group: SyncGroup | None = None  # for "nccl" updates into an in-process engine
+        self._turns = ToolTurns(tools, load_tokenizer(folder)) if tools and tools.refs else None
 
     def generate(self, batch: PromptBatch, params: SamplingParams) -> Rollouts:
         self._check_awake("generate")
+        if self._turns is not None:  # multi-turn with tools (rollout.tools)
+            return self._turns.generate(self.engine, batch, params)
         return self.engine.generate(batch, params)
 
     def load_weights(self, update: WeightUpdate) -> int:

@@ -40,6 +40,18 @@ class ToolResult:
     kind: str = "ok"  # ok | raised | timeout | invalid | unparsed
 
 
+@dataclass(frozen=True)
+class ToolSettings:
+    """`rollout.tools` and its limits, as the rollout worker takes them."""
+
+    refs: tuple[str, ...]  # built-in names or import paths
+    max_turns: int = 4
+    max_total_tokens: int = 256
+    timeout_s: float = 10.0
+    max_chars: int = 1000
+    num_workers: int = 1  # tool processes per rollout worker
+
+
 @dataclass
 class ToolRunner:
     """Runs batches of tool calls; `num_workers=0` runs them in this process (debugging)."""

@@ -24,13 +24,13 @@ messages, after the prompt) would be exceeded (finish reason "length").
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from rlft.rewards.tool_parse import TAGGED, parse_calls
 from rlft.types import Prompt, PromptBatch, Rollouts
-from rlft.workers.tools import ToolRequest, ToolResult
+from rlft.workers.tools import ToolRequest, ToolResult, ToolRunner, ToolSettings
 
 MARK = "\u2063rlft-turn-end\u2063"  # stands for the model's turn when the glue is rendered
 CALL_FORMAT = '<tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>'
@@ -200,6 +200,56 @@ def _call_tools(trajs: list[Trajectory], tok: Any, tools: ToolExecutor, glue: Ch
                        for r in mine]
 
 
-def conversation(traj: Trajectory) -> list[Mapping[str, Any]]:
-    """The trajectory's messages after the prompt (for rewards and logs)."""
-    return [dict(m) for m in traj.messages]
+def to_rollouts(trajs: Sequence[Trajectory], batch: PromptBatch, version: int,
+                tool_seconds: float = 0.0) -> Rollouts:
+    """Trajectories as `Rollouts`: the whole trajectory is the response, `model_mask` says
+    which tokens the model sampled, `response_text` is the final answer."""
+    return Rollouts(
+        prompt_index=tuple(t.prompt_index for t in trajs), prompts=batch.prompts,
+        prompt_ids=tuple(t.prompt_ids for t in trajs),
+        response_ids=tuple(tuple(t.ids) for t in trajs),
+        response_text=tuple(t.answer for t in trajs),
+        rollout_logprobs=tuple(tuple(t.logprobs) for t in trajs),
+        prefix_len=tuple(t.prefix_len for t in trajs),
+        finish_reason=tuple(t.finish_reason for t in trajs),
+        group_id=tuple(t.group_id for t in trajs), policy_version=version,
+        model_mask=tuple(tuple(t.model_mask) for t in trajs),
+        conversation=tuple(tuple(t.messages) for t in trajs), tool_seconds=tool_seconds)
+
+
+def tool_metrics(ro: Rollouts) -> dict[str, float]:
+    """`rollout/turns_mean`, `rollout/tool_calls_mean`, `rollout/tool_errors` (a count),
+    `time/tools`; nothing for single-turn rollouts.
+
+    >>> talk = ({"role": "assistant"}, {"role": "tool", "ok": False}, {"role": "assistant"})
+    >>> ro = Rollouts((0,), (), ((1,),), ((2, 3),), ("",), ((0.0, 0.0),), (0,), ("stop",), (0,),
+    ...               0, conversation=(talk,), tool_seconds=0.5)
+    >>> tool_metrics(ro)
+    {'rollout/turns_mean': 2.0, 'rollout/tool_calls_mean': 1.0, 'rollout/tool_errors': 1.0, 'time/tools': 0.5}
+    """
+    if not ro.conversation:
+        return {}
+    n = max(1, len(ro.conversation))
+    said = [m for talk in ro.conversation for m in talk]
+    return {"rollout/turns_mean": sum(m["role"] == "assistant" for m in said) / n,
+            "rollout/tool_calls_mean": sum(m["role"] == "tool" for m in said) / n,
+            "rollout/tool_errors": float(sum(m["role"] == "tool" and not m.get("ok", True)
+                                             for m in said)),
+            "time/tools": ro.tool_seconds}
+
+
+class ToolTurns:
+    """What a rollout worker holds for multi-turn rollouts: its tool processes, the
+    template glue and the limits (`rollout.tools`, `rollout.max_turns`, ...)."""
+
+    def __init__(self, settings: ToolSettings, tok: Any) -> None:
+        self.tok = tok
+        self.runner = ToolRunner(settings.refs, timeout_s=settings.timeout_s,
+                                 max_chars=settings.max_chars, num_workers=settings.num_workers)
+        self.glue = ChatGlue(tok, self.runner.schemas)
+        self.limits = TurnLimits(settings.max_turns, settings.max_total_tokens)
+
+    def generate(self, engine: Any, batch: PromptBatch, params: Any) -> Rollouts:
+        version, spent = engine.policy_version, self.runner.seconds
+        trajs = run_turns(engine, self.tok, batch, params, self.runner, self.glue, self.limits)
+        return to_rollouts(trajs, batch, version, self.runner.seconds - spent)

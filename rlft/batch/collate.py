@@ -33,7 +33,9 @@ def collate(scored: ScoredRollouts, pad_id: int) -> tuple[TrainBatch, torch.Tens
         p, r = len(ro.prompt_ids[b]), len(ro.response_ids[b])
         input_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
         attention[b, : len(row)] = True
-        response[b, p : p + r] = True
+        # Multi-turn: only the model's own tokens carry loss, not tool results or glue.
+        response[b, p : p + r] = torch.tensor(ro.model_mask[b], dtype=torch.bool) \
+            if ro.model_mask else True
         prefix[b, p : p + ro.prefix_len[b]] = True
         if ro.rollout_logprobs[b]:
             rollout_lp[b, p : p + r] = torch.tensor(ro.rollout_logprobs[b])

@@ -23,8 +23,9 @@ def take(scored: ScoredRollouts, keep: torch.Tensor) -> ScoredRollouts:
         raise ValueError(f"take: keep has shape {tuple(keep.shape)}; it must be [B]=({len(ro)},)")
     rows = keep.nonzero().flatten().tolist()
     changes = {f: tuple(getattr(ro, f)[b] for b in rows) for f in _ROW_FIELDS}
-    if ro.expert:
-        changes["expert"] = tuple(ro.expert[b] for b in rows)
+    for f in ("expert", "model_mask", "conversation"):  # per-sample when present
+        if getattr(ro, f):
+            changes[f] = tuple(getattr(ro, f)[b] for b in rows)
     return replace(scored, rollouts=replace(ro, **changes), rewards=scored.rewards[keep],
                    components={k: v[keep] for k, v in scored.components.items()})
 

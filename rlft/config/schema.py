@@ -78,6 +78,18 @@ class RolloutConfig:
     top_p: float = doc(1.0, "Nucleus sampling mass.", lo=0.0, hi=1.0)
     max_new_tokens: int = doc(24, "Response length cap in tokens.", lo=1)
     stop: list = doc([], "Extra stop strings (EOS always stops).")
+    tools: list = doc([], "Tools the model may call, for multi-turn rollouts: built-in names "
+                      "(calculator, lookup) or import paths (tools.py:fn). Empty: single-turn. "
+                      "A turn calling <tool_call>{...}</tool_call> gets the results as tool "
+                      "messages and generation goes on (workers/turns.py).")
+    max_turns: int = doc(4, "With rollout.tools: model turns per sample at most.", lo=1)
+    max_total_tokens: int = doc(256, "With rollout.tools: tokens after the prompt at most, all "
+                                "turns and tool messages together (each turn is also capped at "
+                                "rollout.max_new_tokens).", lo=1)
+    tool_timeout_s: float = doc(10.0, "With rollout.tools: time limit per tool call; a call "
+                                "past it becomes an error message the model reads.", lo=0.001)
+    tool_max_chars: int = doc(1000, "With rollout.tools: a tool result longer than this is cut "
+                              "(the model reads that it was).", lo=1)
     max_batch: int = doc(64, "Sequences generated together by one engine call.", lo=1)
     dtype: str = doc("auto", "Rollout engine dtype; auto = model.dtype (the learner's), so rollout "
                      "log-probs are the learner's numbers. bfloat16 vLLM runs ~2.3x faster on "

@@ -20,6 +20,7 @@ from rlft.rewards.base import RewardTerm, load_term
 from rlft.run import console
 from rlft.run.resources import Demand, check_fits, cluster_nodes, custom
 from rlft.run.weight_push import WeightSync
+from rlft.tools.base import load_tools
 from rlft.workers.critic import Critic, CriticParams
 from rlft.workers.learner import Learner, LearnerParams, LoraParams
 from rlft.workers.placement import (
@@ -35,6 +36,7 @@ from rlft.workers.placement import (
 from rlft.workers.reward import RewardService
 from rlft.workers.rollout import RolloutWorker, SamplingParams
 from rlft.workers.self_reward import SelfRewardScorer
+from rlft.workers.tools import ToolSettings
 
 log = logging.getLogger("rlft")
 
@@ -90,7 +92,8 @@ def engine_kwargs(cfg: Config, engine: str, gpu: bool = False, engines_per_gpu: 
         together = -(-r.prompts_per_step * r.n // r.num_workers)  # one worker's share
         return dict(dtype=dtype, tensor_parallel_size=r.tensor_parallel_size,
                     kv_cache_gb=r.kv_cache_gb,
-                    kv_cache_shape=(together, cfg.data.max_prompt_tokens + r.max_new_tokens),
+                    kv_cache_shape=(together, cfg.data.max_prompt_tokens + (
+                        r.max_total_tokens if r.tools else r.max_new_tokens)),
                     gpu_memory_utilization=r.gpu_memory_utilization / engines_per_gpu,
                     sleep_mode=r.mode == "colocated")
     changed = [f"rollout.{k}={getattr(r, k)}" for k, v in VLLM_ONLY.items() if getattr(r, k) != v]
@@ -208,6 +211,8 @@ def build_pools(cfg: Config, algo: Algorithm) -> Pools:
     shared = bool(gpus) and cfg.rollout.mode == "colocated"
     per_bundle = -(-n_roll // world)
     roll_kwargs = engine_kwargs(cfg, engine, bool(gpus), per_bundle if shared else 1)
+    if cfg.rollout.tools:  # multi-turn rollouts (workers/turns.py)
+        roll_kwargs["tools"] = tool_settings(cfg)
     weight_transport(cfg, gpus)  # fails on a broadcast transport that cannot work
     lres = custom(cfg.ray.learner_resources, "ray.learner_resources")
     rres = custom(cfg.ray.rollout_resources, "ray.rollout_resources")
@@ -330,6 +335,18 @@ def reward_terms(cfg: Config) -> list[RewardTerm]:
     return terms
 
 
+def tool_settings(cfg: Config) -> ToolSettings:
+    """`rollout.tools` and its limits for the rollout workers; a tool that cannot be
+    loaded (name, path, type hints) fails here, before any actor starts."""
+    r = cfg.rollout
+    try:
+        load_tools(list(r.tools))
+    except (RegistryError, TypeError, ValueError) as exc:
+        raise ConfigError(f"rollout.tools: {exc}") from exc
+    return ToolSettings(tuple(r.tools), r.max_turns, r.max_total_tokens, r.tool_timeout_s,
+                        r.tool_max_chars)
+
+
 def _check_context(cfg: Config, longest_prompt: int) -> None:
     """The longest prompt plus rollout.max_new_tokens must fit the model's context;
     checked from the model's config.json, before any weights are loaded."""
@@ -337,10 +354,11 @@ def _check_context(cfg: Config, longest_prompt: int) -> None:
 
     limit = getattr(AutoConfig.from_pretrained(resolve_model(cfg.model.name)),
                     "max_position_embeddings", None)
-    need = longest_prompt + cfg.rollout.max_new_tokens
+    cap = "max_total_tokens" if cfg.rollout.tools else "max_new_tokens"
+    need = longest_prompt + getattr(cfg.rollout, cap)
     if limit is not None and need > limit:
         raise ConfigError(
             f"the longest prompt of {cfg.data.source} has {longest_prompt} tokens; with "
-            f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} that is {need} tokens, over "
+            f"rollout.{cap}={getattr(cfg.rollout, cap)} that is {need} tokens, over "
             f"the context of {cfg.model.name} ({limit}); lower rollout.max_new_tokens or "
             f"data.max_prompt_tokens (longer prompts become bad rows)")

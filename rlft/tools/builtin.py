@@ -68,8 +68,9 @@ def _eval(node: ast.AST) -> Any:
 def _facts() -> dict[str, dict[str, str]]:
     """Invented towns with invented figures (seeded, so the table never changes)."""
     rng = random.Random(19)
-    first = ("Vel", "Mor", "Quen", "Tal", "Ost", "Bra", "Cyr", "Dun", "Ell", "Fen")
-    last = ("mora", "wick", "dale", "haven", "stead", "ford", "mere", "holt")
+    first = ("Vel", "Mor", "Quen", "Tal", "Ost", "Bra", "Cyr", "Dun", "Ell", "Fen", "Gar",
+             "Hal", "Ith", "Jor")
+    last = ("mora", "wick", "dale", "haven", "stead", "ford", "mere", "holt", "by", "combe")
     towns = sorted({a + b for a in first for b in last})
     return {t: {"population": str(rng.randrange(1_000, 900_000)),
                 "founded": str(rng.randrange(1100, 1950)),

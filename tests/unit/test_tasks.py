@@ -13,7 +13,7 @@ from rlft.data.tasks.arithmetic import problems
 from rlft.data.tasks.tool_call import TOOLS
 from rlft.registry import RegistryError
 
-NAMES = ["arithmetic", "json_extract", "tool_call"]
+NAMES = ["arithmetic", "json_extract", "tool_call", "tool_use"]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,29 @@ def problem_key(task: str, row: dict) -> str:
     """What makes two rows the same problem, whatever the phrasing."""
     if task == "arithmetic":
         return row["demonstration"].split(" = ")[0]  # "12 + 7"
+    if task == "tool_use":  # the call's arguments: "123 * 456", or "Velmora|founded"
+        args = tool_use_call(row)["arguments"]
+        return args.get("expression") or f"{args['entity']}|{args['attribute']}"
     return json.dumps(json.loads(row["answer"]), sort_keys=True)
+
+
+def tool_use_call(row: dict) -> dict:
+    first = json.loads(row["demonstration_turns"])[0]["content"]
+    return json.loads(re.fullmatch(r"<tool_call>(.*)</tool_call>", first).group(1))
+
+
+def test_tool_use_answers_are_what_the_tools_return(rows):
+    from rlft.tools.call import call_tool
+
+    tools = {"calculator": "calculator", "lookup": "lookup"}
+    kinds = []
+    for r in rows["tool_use", "eval"]:
+        call = tool_use_call(r)
+        kinds.append(call["name"])
+        assert call_tool(call["name"], arguments=call["arguments"], tools=tools) == r["answer"]
+        assert r["demonstration"].endswith(f"<|im_start|>assistant\n{r['answer']}")
+        assert {t["function"]["name"] for t in r["tools"]} == set(tools)
+    assert kinds.count("lookup") >= 60 and kinds.count("calculator") >= 60  # both kinds
 
 
 def test_registry_names_and_miss():

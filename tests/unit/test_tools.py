@@ -91,3 +91,17 @@ def test_failures_become_messages_and_the_runner_goes_on(user_tools):
         # The hung process was replaced: the runner still answers.
         again, = runner.run([ToolRequest("shout", {"text": "ok"})])
         assert again.content == "OK " and runner.seconds > 1.5
+
+
+def test_config_keys_reach_the_rollout_workers(user_tools):
+    from rlft.config import ConfigError, load_config
+    from rlft.run.wiring import tool_settings
+
+    cfg = load_config(None, ["rollout.tools=[calculator, lookup]", "rollout.max_turns=3",
+                             "rollout.tool_timeout_s=2.5"])
+    got = tool_settings(cfg)
+    assert (got.refs, got.max_turns, got.timeout_s) == (("calculator", "lookup"), 3, 2.5)
+    cfg = load_config(None, ["rollout.tools=[calculater]"])
+    with pytest.raises(ConfigError, match=r"rollout.tools: unknown tool 'calculater'. Did you mean "
+                                          r"'calculator'\?"):
+        tool_settings(cfg)

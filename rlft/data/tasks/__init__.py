@@ -64,4 +64,9 @@ def draw(pools: Sequence[Sequence[T]], n: int, rng: random.Random, task: str) ->
     return out
 
 
-from rlft.data.tasks import arithmetic, json_extract, tool_call  # noqa: E402,F401  (registration)
+from rlft.data.tasks import (  # noqa: E402,F401  (registration)
+    arithmetic,
+    json_extract,
+    tool_call,
+    tool_use,
+)

@@ -187,3 +187,44 @@ def test_hf_engine_turns_on_the_tiny_model(tiny_model_path, tok, tools):
         glue = tok.decode([i for i, m in zip(t.ids, t.model_mask) if not m])
         assert "<|im_start|>tool\n42<|im_end|>\n<|im_start|>assistant\n" in glue
     assert json.loads(json.dumps(trajs[0].messages))  # the conversation is plain JSON
+
+
+REWARD = '''
+def tool_results(completion, *, conversation=(), **_):
+    return float(sum(m["role"] == "tool" and m["content"] == "42" for m in conversation))
+'''
+
+
+def test_worker_to_rewards_to_batch(tiny_model_path, tok, tools, tmp_path):
+    """RolloutWorker with rollout.tools -> Rollouts whose rewards see the conversation and
+    whose collated loss mask is the model's tokens only."""
+    from rlft.batch.collate import collate
+    from rlft.batch.groups import take
+    from rlft.rewards.base import RewardTerm
+    from rlft.workers.reward import RewardService
+    from rlft.workers.rollout import RolloutWorker
+    from rlft.workers.tools import ToolSettings
+    from rlft.workers.turns import tool_metrics
+
+    worker = RolloutWorker("hf", tiny_model_path, seed=0,
+                           tools=ToolSettings(("calculator",), max_turns=2, max_total_tokens=120))
+    batch, _ = prompt_batch(tok, tools, n=2)
+    call = '<tool_call>{"name": "calculator", "arguments": {"expression": "6 * 7"}}</tool_call>'
+    batch = PromptBatch(batch.prompts, (tuple(tok.encode(call, add_special_tokens=False)),),
+                        batch.group_id, batch.n)
+    params = SamplingParams(temperature=1.0, max_new_tokens=16, seed=3, stop=("e", "a", "o", " "))
+    ro = worker.generate(batch, params)
+    worker._turns.runner.close()
+    assert len(ro.model_mask) == 2 and not all(ro.model_mask[0])
+    (tmp_path / "r.py").write_text(REWARD)
+    with RewardService([RewardTerm(f"{tmp_path / 'r.py'}:tool_results")], num_workers=0) as rs:
+        scored = rs.score(ro)
+    assert scored.rewards.tolist() == [1.0, 1.0]
+    metrics = tool_metrics(ro)
+    assert metrics["rollout/turns_mean"] == 2.0 and metrics["rollout/tool_calls_mean"] == 1.0
+    assert metrics["rollout/tool_errors"] == 0.0 and metrics["time/tools"] > 0
+    batch_t, token_rewards = collate(take(scored, torch.tensor([False, True])), tok.pad_token_id)
+    P = len(ro.prompt_ids[1])
+    got = batch_t.response_mask[0, P:P + len(ro.response_ids[1])].tolist()
+    assert got == list(ro.model_mask[1])
+    assert token_rewards[0].nonzero().flatten().tolist() == [P + len(ro.response_ids[1]) - 1]
