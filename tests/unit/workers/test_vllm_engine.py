@@ -258,6 +258,27 @@ def perturbed(model, scale: float, seed: int) -> dict[str, torch.Tensor]:
 
 
 @needs_vllm
+def test_tool_turns_continue_the_context_on_vllm(engine, hf, tok, batch):
+    """The turn loop on vLLM (workers/turns.py): a forced call, the tool result appended,
+    and the model's next turn scored as transformers scores the whole trajectory."""
+    from rlft.workers.tools import ToolRunner
+    from rlft.workers.turns import ChatGlue, TurnLimits, run_turns
+
+    call = '<tool_call>{"name": "calculator", "arguments": {"expression": "6 * 7"}}</tool_call>'
+    forced = tuple(tok(call, add_special_tokens=False)["input_ids"])
+    one = PromptBatch(batch.prompts[1:2], (forced,), (9,), n=2)
+    params = SamplingParams(max_new_tokens=16, seed=3, stop=("e", "a", "o", " "))
+    with ToolRunner(["calculator"], num_workers=0) as tools:
+        trajs = run_turns(engine, tok, one, params, tools, ChatGlue(tok, tools.schemas),
+                          TurnLimits(max_turns=2, max_total_tokens=200))
+    for t in trajs:
+        assert t.turns == 2 and t.messages[1]["content"] == "42" and t.group_id == 9
+        ref = reference_logprobs(hf, t.prompt_ids, t.ids)
+        second = [k for k, m in enumerate(t.model_mask) if m and k > t.model_mask.index(False)]
+        assert second and max(abs(ref[k] - t.logprobs[k]) for k in second) < ATOL
+
+
+@needs_vllm
 def test_weight_update_scores_like_transformers_with_the_new_weights(engine, hf, batch):
     params = SamplingParams(max_new_tokens=8, seed=3)
     # A 300-token prompt fills two of vLLM's 128-token CPU KV blocks, which
