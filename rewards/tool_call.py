@@ -22,6 +22,17 @@ the tool's parameter schema), `values` (argument values accepted by the
 reference, over the predicted arguments plus the reference's required ones, so
 extra arguments cost and omitted optional ones do not). `total` is the
 weighted mean of the parts that have their inputs.
+
+Error categories (`err_unparsed`, `err_name`, `err_missing_args`,
+`err_extra_args`, `err_types`, `err_values`: the fraction of calls making
+each mistake, `rlft.rewards.tool_errors`) are logged beside the parts; they do
+not enter `total`.
+
+Multi-turn rollouts (`rollout.tools`): the calls of every model turn of the
+`conversation` are scored together (the completion is only the final answer),
+and `turns_with_calls` counts the turns that called a tool. When the row's
+`answer` is the final answer rather than a call (`builtin:tool_use`), pass
+`answer_is_call: false` and the calls are checked against `tools` only.
 """
 
 from __future__ import annotations
@@ -31,7 +42,8 @@ from typing import Any
 
 from rlft.rewards.base import reward
 from rlft.rewards.jsontext import as_json, conforms
-from rlft.rewards.tool_parse import Call, Reference, parse_calls, references
+from rlft.rewards.tool_errors import error_parts
+from rlft.rewards.tool_parse import TAGGED, Call, Reference, parse_calls, references
 from rlft.rewards.tool_schema import to_json_schema
 
 __all__ = ["Call", "parse_calls", "tool_call"]
@@ -54,7 +66,8 @@ def _specs(tools: Any) -> dict[str, dict]:
 
 @reward("tool_call", reads=("answer", "tools"))
 def tool_call(completion: str, *, tools: Any = None, answer: Any = None,
-              weights: Mapping[str, float] | None = None, **fields: Any) -> dict[str, float]:
+              weights: Mapping[str, float] | None = None, conversation: Any = None,
+              answer_is_call: bool = True, **fields: Any) -> dict[str, float]:
     """Part scores and their weighted mean (`total`); see the module docstring.
 
     >>> tools = [{"type": "function", "function": {"name": "set_timer", "parameters": {
@@ -84,14 +97,21 @@ def tool_call(completion: str, *, tools: Any = None, answer: Any = None,
         raise ValueError(f"tool_call: unknown weights {sorted(set(w) - set(WEIGHTS))}; "
                          f"parts are {', '.join(WEIGHTS)}")
     specs = _specs(tools) if tools is not None else None
-    refs = references(answer)
-    calls = parse_calls(completion)
+    refs = references(answer) if answer_is_call else None
+    turns = [completion] if conversation is None else \
+        [m.get("content") or "" for m in conversation if m.get("role") == "assistant"]
+    per_turn = [parse_calls(t) for t in turns]
+    calls = [c for cs in per_turn for c in cs]
     parts = {"parsed": float(bool(calls))}
+    pairs: list = []
     if calls or refs:
         pairs = _pair(calls, refs)
         parts.update(_part_scores(pairs, specs, refs is not None))
     total = sum(w[k] * v for k, v in parts.items()) / sum(w[k] for k in parts)
-    return {"total": total if calls else 0.0, **parts}
+    unreadable = sum(1 for t, cs in zip(turns, per_turn) if not cs and TAGGED.search(t))
+    extra = {} if conversation is None else {"turns_with_calls": float(sum(map(bool, per_turn)))}
+    return {"total": total if calls else 0.0, **parts, **extra,
+            **error_parts(pairs, specs, refs is not None, unreadable)}
 
 
 def _pair(calls: list[Call], refs: list[Reference] | None

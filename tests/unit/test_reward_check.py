@@ -104,7 +104,8 @@ def test_field_map_override_brings_in_the_reference(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "warning" not in err
     lines = [ln for ln in out.splitlines() if ln.startswith(rows)]
-    assert lines[0].endswith("tool_call/values=0") and lines[1].endswith("tool_call/values=1")
+    assert " tool_call/values=0 " in lines[0] and " tool_call/values=1 " in lines[1]
+    assert lines[0].endswith("tool_call/err_values=1")  # the error category: a wrong value
     assert "tool_call: mean 0.8571 over 2 scored" in out  # ((1+2+1+1+0)/7 + 1) / 2
 
 

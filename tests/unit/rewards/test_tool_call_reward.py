@@ -90,7 +90,9 @@ def test_megabyte_output():
 
 def test_without_reference_checks_against_tools_only():
     r = tool_call('{"name": "set_timer", "arguments": {"minutes": 5}}', tools=TOOLS)
-    assert set(r) == {"total", "parsed", "name", "arg_names", "arg_types"} and r["total"] == 1.0
+    parts = {k for k in r if not k.startswith("err_")}
+    assert parts == {"total", "parsed", "name", "arg_names", "arg_types"} and r["total"] == 1.0
+    assert {v for k, v in r.items() if k.startswith("err_")} == {0.0}  # no error category
     r = tool_call('{"name": "launch", "arguments": {}}', tools=TOOLS)
     assert r["name"] == 0.0
 
@@ -133,8 +135,11 @@ def area(args, answer=AREA_REF):
     {"base": 10.0, "height": 5, "unit": "CM"},      # the second accepted unit
 ])
 def test_bfcl_row_full_credit_for_any_accepted_call(args):
-    assert area(args) == {"total": 1.0, "parsed": 1.0, "name": 1.0, "arg_names": 1.0,
-                          "arg_types": 1.0, "values": 1.0}
+    r = area(args)
+    assert {k: v for k, v in r.items() if not k.startswith("err_")} == {
+        "total": 1.0, "parsed": 1.0, "name": 1.0, "arg_names": 1.0, "arg_types": 1.0,
+        "values": 1.0}
+    assert {v for k, v in r.items() if k.startswith("err_")} == {0.0}
 
 
 def test_bfcl_row_wrong_and_unaccepted_values_cost():
@@ -189,3 +194,34 @@ def test_a_plain_reference_keeps_every_argument_required():
     ref = {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "C"}}
     r = tool_call('{"name": "get_weather", "arguments": {"city": "Oslo"}}', answer=ref)
     assert r["values"] == 0.5
+
+
+# ---- error categories (TL-Training) and multi-turn conversations ----
+
+def test_each_error_category_is_named():
+    cases = {
+        '<tool_call>get_weather(Oslo)</tool_call>': "err_unparsed",
+        '{"name": "get_wether", "arguments": {"city": "Oslo", "unit": "C"}}': "err_name",
+        '{"name": "get_weather", "arguments": {"unit": "C"}}': "err_missing_args",
+        '{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "C", "day": 1}}':
+            "err_extra_args",
+        '{"name": "get_weather", "arguments": {"city": 7, "unit": "C"}}': "err_types",
+        '{"name": "get_weather", "arguments": {"city": "Bergen", "unit": "C"}}': "err_values",
+    }
+    for text, category in cases.items():
+        r = score(text)
+        assert {k for k, v in r.items() if k.startswith("err_") and v > 0} == {category}, text
+        assert r[category] == 1.0
+
+
+def test_conversation_calls_of_every_turn_are_scored():
+    call = '<tool_call>{"name": "set_timer", "arguments": {"minutes": 5}}</tool_call>'
+    talk = [{"role": "assistant", "content": call},
+            {"role": "tool", "name": "set_timer", "content": "ok"},
+            {"role": "assistant", "content": "<tool_call>oops</tool_call>"},
+            {"role": "tool", "name": "?", "content": "Error: ..."},
+            {"role": "assistant", "content": "Done."}]
+    r = tool_call("Done.", tools=TOOLS, answer="Done.", answer_is_call=False, conversation=talk)
+    assert (r["total"], r["parsed"], r["turns_with_calls"]) == (1.0, 1.0, 1.0)
+    assert r["err_unparsed"] == 0.5  # one good call, one unreadable block
+    assert tool_call("Done.", tools=TOOLS, answer_is_call=False)["total"] == 0.0
