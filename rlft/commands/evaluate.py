@@ -39,7 +39,7 @@ from rlft.config import Config, load_config
 from rlft.models import resolve_model
 from rlft.rewards.base import RewardTerm
 from rlft.run.preflight import check_run
-from rlft.run.wiring import build_prompts_for, engine_name, sampling_params
+from rlft.run.wiring import build_prompts_for, engine_name, sampling_params, tool_settings
 from rlft.types import Prompt, PromptBatch, Rollouts, ScoredRollouts
 from rlft.workers.reward import RewardService
 from rlft.workers.rollout import RolloutWorker, SamplingParams
@@ -191,7 +191,8 @@ def eval_model(cfg: Config, weights: tuple[str, Path] | None, k: int | None, lim
     model_path = weights[0] if weights else resolve_model(cfg.model.name)
     print(f"evaluating {weights[1] if weights else model_path} on {cfg.data.source} "
           f"[{cfg.data.eval_split}]: {len(prompts)} prompts x {spec.n} samples", file=sys.stderr)
-    worker = RolloutWorker(engine=engine_name(cfg), model_path=model_path, seed=cfg.train.seed)
+    worker = RolloutWorker(engine=engine_name(cfg), model_path=model_path, seed=cfg.train.seed,
+                           tools=tool_settings(cfg) if cfg.rollout.tools else None)  # multi-turn
     r = cfg.reward
     terms = [RewardTerm(t.name, t.weight, dict(t.kwargs)) for t in r.terms]
     with RewardService(terms, num_workers=r.num_workers, timeout_s=r.timeout_s,
