@@ -28,11 +28,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from rlft.data.chat_glue import ChatGlue
 from rlft.rewards.tool_parse import TAGGED, parse_calls
 from rlft.types import Prompt, PromptBatch, Rollouts
 from rlft.workers.tools import ToolRequest, ToolResult, ToolRunner, ToolSettings
 
-MARK = "\u2063rlft-turn-end\u2063"  # stands for the model's turn when the glue is rendered
 CALL_FORMAT = '<tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>'
 
 
@@ -63,40 +63,6 @@ class Trajectory:
         """The last assistant message's text (what an answer reward reads)."""
         said = [m["content"] for m in self.messages if m["role"] == "assistant"]
         return said[-1] if said else ""
-
-
-class ChatGlue:
-    """The template's text from the end of a model turn to the start of the next one.
-
-    Rendered once per turn from a stand-in conversation (user, assistant =
-    `MARK`, the tool messages, generation prompt) and cut after the mark: what
-    follows is exactly what the template writes between the model's turn and
-    its next turn, the tool messages included. The turn's own end token (EOS,
-    when the model wrote it) is dropped from the glue's start.
-    """
-
-    def __init__(self, tok: Any, tools: list[dict] | None = None) -> None:
-        self.tok, self.tools = tok, tools or None
-        probe = self._render([])
-        if MARK not in probe:
-            raise ValueError("the tokenizer's chat template drops the assistant's text; the turn "
-                             "loop needs a template that renders assistant messages")
-
-    def _render(self, tool_messages: list[dict]) -> str:
-        convo = [{"role": "user", "content": "?"}, {"role": "assistant", "content": MARK},
-                 *tool_messages]
-        kwargs = {"tools": self.tools} if self.tools else {}
-        return self.tok.apply_chat_template(convo, tokenize=False, add_generation_prompt=True,
-                                            **kwargs)
-
-    def ids(self, results: Sequence[ToolResult], turn_end: str) -> list[int]:
-        """Token ids to append after a model turn whose last token reads `turn_end`."""
-        text = self._render([{"role": "tool", "name": r.name, "content": r.content}
-                             for r in results])
-        glue = text[text.index(MARK) + len(MARK):]
-        if turn_end and glue.startswith(turn_end):
-            glue = glue[len(turn_end):]
-        return self.tok.encode(glue, add_special_tokens=False)
 
 
 def requests_in(text: str) -> list[ToolRequest]:

@@ -43,8 +43,10 @@ def expert_rows(batch: PromptBatch, step: int, demos: Demonstrations, ratio: flo
     """The demonstrations of `batch`'s prompts, `ratio` of the train batch."""
     m = expert_count(len(batch.prompts) * batch.n, ratio)
     chosen = [batch.prompts[i % len(batch.prompts)] for i in range(m)]
-    return demonstration_rollouts(chosen, [demos.ids(p) for p in chosen],
-                                  [p.demonstration or "" for p in chosen])
+    tokens = [demos.tokens(p) for p in chosen]
+    return demonstration_rollouts(chosen, [t.ids for t in tokens],
+                                  [p.demonstration or "" for p in chosen],
+                                  [t.model_mask for t in tokens])
 
 
 def add_demonstrations(scored: ScoredRollouts, batch: PromptBatch, step: int,

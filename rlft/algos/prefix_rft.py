@@ -2,7 +2,9 @@
 
 - Sampling (`make_batch`): of each prompt's `rollout.n` samples, round(fraction
   * n) continue from the first floor(ratio * len) tokens of the prompt's
-  demonstration (its EOS excluded: the policy still has to finish). One ratio
+  demonstration (its EOS excluded: the policy still has to finish; of a
+  multi-turn demonstration, only its first model turn, e.g. the tool call:
+  the tool's result is the tool's, not a prefix to force). One ratio
   per prompt and step, low + (high - low) * Beta(beta_a, beta_b), the window
   (low, high) moving from its start to its end bounds over `train.steps`
   (`schedules.prefix_window`); the generator is seeded by (seed, step), so a
@@ -66,7 +68,7 @@ def make_batch(prompts: list[Prompt], step: int, n: int, *, p: Any, seed: int, s
     reqs, prefix_ids, group_id = [], [], []
     first = step * len(prompts)  # one id per prompt: distinct across steps
     for i, (prompt, ratio) in enumerate(zip(prompts, ratios)):
-        demo = demos.ids(prompt)[:-1]  # [:-1] drops the EOS
+        demo = demos.tokens(prompt).prefix  # no EOS; a multi-turn one: its first model turn
         cut = math.floor(ratio * len(demo) + 1e-9)  # the epsilon keeps 0.29 * 100 at 29
         for ids, count in (((), plain), (tuple(demo[:cut]), prefixed)):
             reqs += [prompt] * (count // g)

@@ -82,8 +82,12 @@ def with_advantages(
 # -- demonstration rows ------------------------------------------------------
 
 def demonstration_rollouts(prompts: Sequence[Prompt], response_ids: Sequence[tuple[int, ...]],
-                           response_text: Sequence[str]) -> Rollouts:
+                           response_text: Sequence[str],
+                           model_masks: Sequence[tuple[bool, ...]] = ()) -> Rollouts:
     """Demonstration rows (`expert` True), one per prompt given (repeats allowed).
+
+    `model_masks` (multi-turn demonstrations, `DemoTokens.model_mask`) say which
+    response tokens are the model's; an empty one means all of them.
 
     They carry no rollout log-probs, no group (id -1: they take no part in
     advantages) and policy_version -1 until `add_expert_rows` stamps it.
@@ -92,12 +96,18 @@ def demonstration_rollouts(prompts: Sequence[Prompt], response_ids: Sequence[tup
         raise ValueError(f"demonstration_rollouts: {len(prompts)} prompts, {len(response_ids)} "
                          f"responses and {len(response_text)} texts must agree in number")
     m = len(prompts)
+    masks = tuple(tuple(k) or (True,) * len(r) for k, r in zip(model_masks, response_ids)) \
+        if any(model_masks) else ()
+    if masks and any(len(k) != len(r) for k, r in zip(masks, response_ids)) or \
+            len(model_masks) not in (0, m):
+        raise ValueError("demonstration_rollouts: each model mask must match its response "
+                         "token for token")
     return Rollouts(
         prompt_index=tuple(range(m)), prompts=tuple(prompts),
         prompt_ids=tuple(tuple(p.prompt_ids) for p in prompts),
         response_ids=tuple(tuple(r) for r in response_ids), response_text=tuple(response_text),
         rollout_logprobs=((),) * m, prefix_len=(0,) * m, finish_reason=("stop",) * m,
-        group_id=(-1,) * m, policy_version=-1, expert=(True,) * m)
+        group_id=(-1,) * m, policy_version=-1, expert=(True,) * m, model_mask=masks)
 
 
 def add_expert_rows(scored: ScoredRollouts, expert: Rollouts) -> ScoredRollouts:

@@ -1,8 +1,9 @@
 """`rlft sft CONFIG [key.sub=value ...]`: supervised fine-tuning on demonstrations.
 
 Plain SFT of `model.name` on the rows' `demonstration` field (prompt tokens
-masked out: only the demonstration and its EOS carry loss), with the policy
-`Learner` in this process (a world of one) and its `sft_ce` loss term, then a
+masked out: only the demonstration and its EOS carry loss; of a multi-turn
+`demonstration_turns`, only the model's turns, not tool results or template
+glue), with the policy `Learner` in this process (a world of one) and its `sft_ce` loss term, then a
 Hugging Face folder (`Learner.export_hf` + the tokenizer). Settings: `sft.*`
 (steps, batch size, lr, output folder), the rest from `model.*`, `data.*` and
 `train.*` (seed, micro-batch budget, grad clipping, LoRA via model.lora).
@@ -48,11 +49,13 @@ class SFTResult:
 
 
 def demonstration_batch(prompts: list[Prompt], tokenizer: Any, pad_id: int) -> TrainBatch:
-    """Prompt + demonstration (+ EOS) rows; loss only on the demonstration tokens."""
-    from rlft.data.demonstrations import demonstration_ids
+    """Prompt + demonstration (+ EOS) rows; loss only on the demonstration's model tokens
+    (a multi-turn one's tool results and template glue are masked)."""
+    from rlft.data.demonstrations import demonstration_tokens
 
-    ids = [demonstration_ids(p, tokenizer) for p in prompts]
-    ro = demonstration_rollouts(prompts, ids, [p.demonstration for p in prompts])
+    tokens = [demonstration_tokens(p, tokenizer) for p in prompts]
+    ro = demonstration_rollouts(prompts, [t.ids for t in tokens],
+                                [p.demonstration for p in prompts], [t.model_mask for t in tokens])
     batch, _ = collate(ScoredRollouts(ro, torch.zeros(len(prompts)), {}), pad_id)
     return batch
 

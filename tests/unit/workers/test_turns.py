@@ -228,3 +228,74 @@ def test_worker_to_rewards_to_batch(tiny_model_path, tok, tools, tmp_path):
     got = batch_t.response_mask[0, P:P + len(ro.response_ids[1])].tolist()
     assert got == list(ro.model_mask[1])
     assert token_rewards[0].nonzero().flatten().tolist() == [P + len(ro.response_ids[1]) - 1]
+
+
+# -- multi-turn demonstrations (CHORD's expert rows, SFT, Prefix-RFT) ----------------
+
+# The glue as each template writes it (HF renders with trim_blocks: no newline after a tag).
+GLUE = {"smollm2": "\n<|im_start|>tool\n{}<|im_end|>\n<|im_start|>assistant\n",
+        "qwen_style": "\n<|im_start|>user<tool_response>\n{}\n</tool_response><|im_end|>\n"
+                      "<|im_start|>assistant\n"}
+
+
+@pytest.mark.parametrize("which", ["smollm2", "qwen_style"])
+def test_demonstration_turns_tokens_and_mask(which, tok, qwen_tok):
+    """A `builtin:tool_use` row's demonstration: tokens equal the template's rendering of
+    the whole conversation, the masked tokens are exactly the tool message and glue, and
+    every path that trains on it (CHORD/SFT rows via demonstration_rollouts + collate,
+    `rlft sft`'s batch, Prefix-RFT's prefix) keeps the mask."""
+    from rlft.batch.collate import collate, demonstration_rollouts
+    from rlft.commands.sft import demonstration_batch
+    from rlft.data.demonstrations import demonstration_ids, demonstration_tokens
+    from rlft.data.tasks.tool_use import tool_use
+    from rlft.types import ScoredRollouts
+
+    tok = tok if which == "smollm2" else qwen_tok
+    row = tool_use("eval")[0]
+    turns = json.loads(row["demonstration_turns"])
+    messages = list(row["prompt"])
+    text = render_prompt(messages, tok, row["tools"])
+    prompt = Prompt("r0", text, tuple(encode_prompt_text(tok, text)),
+                    {k: row[k] for k in ("answer", "tools", "demonstration",
+                                         "demonstration_turns")})
+    demo = demonstration_tokens(prompt, tok)
+    full = list(prompt.prompt_ids) + list(demo.ids)
+    kwargs = {"tools": row["tools"]} if "tools" in tok.chat_template else {}
+    want = encode_prompt_text(tok, tok.apply_chat_template(
+        messages + [{k: m[k] for k in ("role", "content")} for m in turns], tokenize=False,
+        **kwargs))
+    assert want[:len(full)] == full and tok.decode(want[len(full):]).strip() == ""
+    assert len(demo.model_mask) == len(demo.ids) and demo.ids[-1] == tok.eos_token_id
+    masked = [i for i, m in zip(demo.ids, demo.model_mask) if not m]
+    assert tok.decode(masked) == GLUE[which].format(row["answer"])
+    model = [i for i, m in zip(demo.ids, demo.model_mask) if m]
+    assert tok.decode(model) == f"{turns[0]['content']}<|im_end|>{row['answer']}<|im_end|>"
+    first_false = demo.model_mask.index(False)
+    assert all(demo.model_mask[:first_false]) and all(demo.model_mask[first_false + len(masked):])
+    assert tok.decode(demo.prefix) == turns[0]["content"]  # Prefix-RFT: the call, no EOS
+
+    # Rows without demonstration_turns: as before, no mask.
+    single = Prompt("r1", text, prompt.prompt_ids, {"demonstration": "42"})
+    assert demonstration_tokens(single, tok).ids == demonstration_ids(single, tok)
+    assert demonstration_tokens(single, tok).model_mask == ()
+
+    ro = demonstration_rollouts([prompt, single], [demo.ids, demonstration_ids(single, tok)],
+                                ["", "42"], [demo.model_mask, ()])
+    batch, _ = collate(ScoredRollouts(ro, torch.zeros(2), {}), tok.pad_token_id)
+    P = len(prompt.prompt_ids)
+    assert batch.response_mask[0, P:P + len(demo.ids)].tolist() == list(demo.model_mask)
+    assert batch.response_mask[0].sum() == sum(demo.model_mask)
+    assert batch.response_mask[1].sum() == len(demonstration_ids(single, tok))
+    assert demonstration_rollouts([single], [(1, 2)], ["x"], [()]).model_mask == ()
+    sft = demonstration_batch([prompt], tok, tok.pad_token_id)
+    assert torch.equal(sft.response_mask[0], batch.response_mask[0, :sft.input_ids.shape[1]])
+
+
+def test_bad_demonstration_turns_name_the_row(tok):
+    from rlft.data.demonstrations import demonstration_tokens
+
+    for bad in ("not json", "[]", json.dumps([{"role": "tool", "content": "1"}]),
+                json.dumps([{"role": "assistant", "content": "a"}] * 2)):
+        p = Prompt("row-7", "q", (1,), {"demonstration_turns": bad})
+        with pytest.raises(ValueError, match="row-7.*demonstration_turns"):
+            demonstration_tokens(p, tok)
