@@ -53,7 +53,9 @@ def run(args, k: int, work: Path) -> dict:
     overrides = [f"model.name={args.model}", "rollout.engine=hf",
                  f"rollout.prompts_per_step={args.prompts}", f"rollout.n={args.n}",
                  f"rollout.max_new_tokens={args.max_new_tokens}", "reward.num_workers=0",
-                 f"train.steps={args.warmup + args.steps}", f"train.seed={args.seed}",
+                 # Two spare steps: the last step of a run samples nothing ahead (and
+                 # would look fast), so the timed window ends before it.
+                 f"train.steps={args.warmup + args.steps + 2}", f"train.seed={args.seed}",
                  "algo.rollout_is.mode=tis", f"train.max_staleness={k}",
                  f"logging.run_dir={work}", f"logging.run_name=k{k}", "logging.loggers=[jsonl]",
                  "ray.num_cpus=2", *args.set]
