@@ -1,7 +1,8 @@
 """Synchronous vs asynchronous (train.max_staleness=1) training, each role on its own core.
 
     python benchmarks/bench_async.py [--steps 8] [--warmup 2] [--model tiny-random]
-                                     [--prompts 4] [--n 4] [--max-new-tokens 24]
+                                     [--prompts 4] [--n 8] [--max-new-tokens 24]
+                                     [--set train.epochs=2 ...]
 
 On a cluster the rollout workers and the learner own their GPUs; here the
 rollout worker's process is pinned to core 0 and the learner's to core 1, each
@@ -88,10 +89,12 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--model", default="tiny-random")
     p.add_argument("--prompts", type=int, default=4)
-    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--n", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", nargs="*", default=[], help="more key=value overrides")
+    # Two PPO epochs make the update as long as the rollout here (R ~ U ~ 2.2 s).
+    p.add_argument("--set", nargs="*", default=["train.epochs=2"],
+                   help="more key=value overrides (default: train.epochs=2)")
     args = p.parse_args()
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("bench_async needs 2 cores (one per role)")
