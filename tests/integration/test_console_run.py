@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from rlft.run import checkpoint
 
 
 def _group_alive(pgid: int) -> bool:
@@ -54,12 +57,17 @@ def test_quiet_console_logs_in_the_run_folder_and_ctrl_c_ends_in_one_line(tmp_pa
     console = out + err
     assert run.returncode == 130, console[-3000:]
 
-    # The last line: where the run stands and how to go on.
+    # The last line: where the run stands and how to go on. Ctrl-C may land
+    # inside a save (the newest complete checkpoint is then the one before) or
+    # between a step's update and its metrics line (one step more than logged).
     last = err.strip().splitlines()[-1]
     folder = metrics.parent
     done = len(metrics.read_text().splitlines())
-    ckpt = sorted((folder / "checkpoints").glob("step-*"))[-1]
-    assert last.startswith(f"interrupted after step {done} of 50; newest checkpoint {ckpt}"), last
+    ckpt = checkpoint.latest(folder / "checkpoints")
+    match = re.fullmatch(r"interrupted after step (\d+) of 50; newest checkpoint (\S+); "
+                         r"resume with: rlft train .* --resume auto", last)
+    assert match, last
+    assert int(match[1]) in (done, done + 1) and match[2] == str(ckpt), (last, done, ckpt)
     assert last.endswith(f"logging.run_name={folder.name} --resume auto"), last
     assert "Traceback" not in console and "KeyboardInterrupt" not in console
 
