@@ -38,8 +38,12 @@ def test_quiet_console_logs_in_the_run_folder_and_ctrl_c_ends_in_one_line(tmp_pa
             "rollout.n=2", "rollout.max_new_tokens=6", "train.steps=50", "checkpoint.every=1",
             "checkpoint.keep=2", "reward.num_workers=1", "ray.num_cpus=2",
             f"logging.run_dir={tmp_path}"]
+    # SIGINT back to its default in the child: a shell script's background job
+    # (`cmd &`) starts with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt, so a suite started that way would not test Ctrl-C.
     run = subprocess.Popen([str(rlft), "train", *args], env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+                           stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         metrics = None
