@@ -52,16 +52,20 @@ def engine_name(cfg: Config) -> str:
 VLLM_ONLY = {"tensor_parallel_size": 1, "kv_cache_gb": None, "gpu_memory_utilization": 0.5}
 
 
-def model_dtype(cfg: Config, gpu: bool | None = None) -> str:
-    """`model.dtype`, with `auto` = bfloat16 on GPUs, float32 on CPU. `gpu`:
-    whether the run's actors hold GPUs (None: whether this process sees one)."""
-    if cfg.model.dtype != "auto":
-        return cfg.model.dtype
+def _on_gpu(gpu: bool | None) -> bool:
+    """`gpu`: whether the run's actors hold GPUs (None: whether this process sees one)."""
     if gpu is None:
         import torch
 
-        gpu = torch.cuda.is_available()
-    return "bfloat16" if gpu else "float32"
+        return torch.cuda.is_available()
+    return gpu
+
+
+def model_dtype(cfg: Config, gpu: bool | None = None) -> str:
+    """`model.dtype`, with `auto` = bfloat16 on GPUs, float32 on CPU (`gpu`: see `_on_gpu`)."""
+    if cfg.model.dtype != "auto":
+        return cfg.model.dtype
+    return "bfloat16" if _on_gpu(gpu) else "float32"
 
 
 def micro_batch_tokens(cfg: Config, gpu: bool | None = None) -> int:
@@ -70,11 +74,7 @@ def micro_batch_tokens(cfg: Config, gpu: bool | None = None) -> int:
     1 MiB a token for SmolLM2-135M) set the peak memory."""
     if cfg.train.micro_batch_tokens is not None:
         return cfg.train.micro_batch_tokens
-    if gpu is None:
-        import torch
-
-        gpu = torch.cuda.is_available()
-    return 8192 if gpu else 1024
+    return 8192 if _on_gpu(gpu) else 1024
 
 
 def rollout_dtype(cfg: Config, gpu: bool) -> str:
