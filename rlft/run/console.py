@@ -9,7 +9,8 @@ Everything goes to the run folder's `logs/`:
 - `driver.log`: this process's logging (rlft, Ray's driver messages,
   transformers, datasets, Python warnings), from the start of the command;
 - `workers.log`: every Ray worker's stdout and stderr, each line prefixed
-  `(Actor pid=N)`: the rollout workers and vLLM's engine core process below
+  `(Actor pid=N)` (with `, ip=` when it runs on another node than the
+  driver's): the rollout workers and vLLM's engine core process below
   them, the learners, the reward service.
 
 `--verbose` shows everything on the console as well, as Ray prints it.
@@ -96,6 +97,7 @@ class ConsoleRouting:
         self._workers: TextIO | None = None
         self._ray_printer: Any = None
         self._saved: dict[str, Any] = {}
+        self._driver_ip: str | None = None  # a worker elsewhere gets `ip=` in its prefix
 
     # -- lifecycle ----------------------------------------------------------
     def __enter__(self) -> ConsoleRouting:
@@ -171,6 +173,9 @@ class ConsoleRouting:
                 "this Ray version has no worker-output dispatcher rlft knows: the workers' "
                 "logs stay on the console and in Ray's session folder")
             return
+        import ray
+
+        self._driver_ip = ray.util.get_node_ip_address()
         streams.remove_handler(OURS)
         streams.add_handler(OURS, self._worker_lines)
         if not self.verbose:
@@ -191,7 +196,9 @@ class ConsoleRouting:
     def _worker_lines(self, data: dict[str, Any]) -> None:
         pid = data.get("pid")
         who = data.get("actor_name") or data.get("task_name") or "worker"
-        prefix = f"({pid})" if pid in ("raylet", "autoscaler") else f"({who} pid={pid})"
+        ip = data.get("ip")
+        where = f", ip={ip}" if ip and ip != self._driver_ip else ""  # on a cluster: which node
+        prefix = f"({pid}{where})" if pid in ("raylet", "autoscaler") else f"({who} pid={pid}{where})"
         lines = data.get("lines") or ()
         if pid == "autoscaler":  # its status table every 5 s: only the events, as Ray shows
             lines = _autoscaler_events(lines)

@@ -79,6 +79,7 @@ def test_train_resume_and_node_fault_across_three_nodes():
         status, logs = c.wait_job(job, timeout_s=240), c.job_logs(job)
         assert status == "SUCCEEDED", logs[-4000:]
         after = metrics(run)
+        workers = (run / "logs" / "workers.log").read_text()  # the workers' output, by node
         assert (run / "checkpoints" / "step-000007").is_dir()
     # Every namespace (and with it every link and address) is gone again.
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
@@ -91,7 +92,7 @@ def test_train_resume_and_node_fault_across_three_nodes():
                                    "a rollout worker is unavailable",
                                    "a rollout worker was lost during the weight sync")), \
         logs[-3000:]
-    assert f"ip={replacement.ip}" in logs, logs[-3000:]  # the worker's new node
+    assert f"ip={replacement.ip})" in workers, workers[-3000:]  # the worker's new node
     steps = [m["step"] for m in after]
     lost = sorted(set(range(7)) - set(steps))
     print(f"\nnode fault after step {killed_after}: the run went on; steps lost {lost}")

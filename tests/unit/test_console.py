@@ -25,6 +25,9 @@ def _session(routing: ConsoleRouting, tmp_path) -> None:
     routing._worker_lines({"pid": 7, "actor_name": "Learner", "is_err": True,
                            "lines": ["Loading weights: 100%", "rlft.learner WARNING non-finite"]})
     routing._worker_lines({"pid": "autoscaler", "is_err": False, "lines": STATUS})
+    routing._driver_ip = "10.0.0.1"  # what ray_started records; a worker on another node:
+    routing._worker_lines({"pid": 9, "ip": "10.0.0.2", "actor_name": "RolloutWorker",
+                           "is_err": False, "lines": ["engine ready"]})
 
 
 def test_quiet_console_shows_rlft_and_errors_the_files_get_everything(tmp_path):
@@ -45,7 +48,8 @@ def test_quiet_console_shows_rlft_and_errors_the_files_get_everything(tmp_path):
         assert line in driver
     workers = (tmp_path / "logs" / "workers.log").read_text().splitlines()
     assert workers == ["(Learner pid=7) Loading weights: 100%",
-                       "(Learner pid=7) rlft.learner WARNING non-finite"]  # no status table
+                       "(Learner pid=7) rlft.learner WARNING non-finite",  # no status table
+                       "(RolloutWorker pid=9, ip=10.0.0.2) engine ready"]
     assert (root.handlers, root.level, ray_log.handlers, ray_log.propagate) == before
 
 
