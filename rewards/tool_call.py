@@ -33,6 +33,11 @@ Multi-turn rollouts (`rollout.tools`): the calls of every model turn of the
 and `turns_with_calls` counts the turns that called a tool. When the row's
 `answer` is the final answer rather than a call (`builtin:tool_use`), pass
 `answer_is_call: false` and the calls are checked against `tools` only.
+With `per_turn: true` the `answer` is a list with one entry per calling turn
+(a call, or a list of calls made together): the model's i-th turn that calls
+tools is scored against entry i only, so a right call in the wrong turn, a
+missing turn or an extra one costs, where the pooled default would pair calls
+by name across the whole conversation.
 """
 
 from __future__ import annotations
@@ -67,7 +72,8 @@ def _specs(tools: Any) -> dict[str, dict]:
 @reward("tool_call", reads=("answer", "tools"))
 def tool_call(completion: str, *, tools: Any = None, answer: Any = None,
               weights: Mapping[str, float] | None = None, conversation: Any = None,
-              answer_is_call: bool = True, **fields: Any) -> dict[str, float]:
+              answer_is_call: bool = True, per_turn: bool = False,
+              **fields: Any) -> dict[str, float]:
     """Part scores and their weighted mean (`total`); see the module docstring.
 
     >>> tools = [{"type": "function", "function": {"name": "set_timer", "parameters": {
@@ -91,25 +97,42 @@ def tool_call(completion: str, *, tools: Any = None, answer: Any = None,
     >>> tool_call('{"name": "area", "arguments": {"base": 10}}', tools=area,
     ...           answer=[{"area": {"base": [10], "unit": ["units", ""]}}])["total"]
     1.0
+
+    Per turn: the reference asks for `a` then `b`; this conversation called
+    them the other way round (the pooled default would give full credit).
+
+    >>> chat = [{"role": "assistant", "content": '<tool_call>{"name": "b", "arguments": {}}'
+    ...          '</tool_call>'}, {"role": "tool", "content": "1"},
+    ...         {"role": "assistant", "content": '<tool_call>{"name": "a", "arguments": {}}'
+    ...          '</tool_call>'}, {"role": "tool", "content": "2"},
+    ...         {"role": "assistant", "content": "done"}]
+    >>> ref = [{"name": "a", "arguments": {}}, {"name": "b", "arguments": {}}]
+    >>> tool_call("done", conversation=chat, answer=ref)["name"]
+    1.0
+    >>> tool_call("done", conversation=chat, answer=ref, per_turn=True)["name"]
+    0.0
     """
     w = {**WEIGHTS, **(weights or {})}
     if set(w) - set(WEIGHTS):
         raise ValueError(f"tool_call: unknown weights {sorted(set(w) - set(WEIGHTS))}; "
                          f"parts are {', '.join(WEIGHTS)}")
     specs = _specs(tools) if tools is not None else None
-    refs = references(answer) if answer_is_call else None
     turns = [completion] if conversation is None else \
         [m.get("content") or "" for m in conversation if m.get("role") == "assistant"]
-    per_turn = [parse_calls(t) for t in turns]
-    calls = [c for cs in per_turn for c in cs]
+    turn_calls = [parse_calls(t) for t in turns]
+    calls = [c for cs in turn_calls for c in cs]
     parts = {"parsed": float(bool(calls))}
-    pairs: list = []
-    if calls or refs:
-        pairs = _pair(calls, refs)
+    if per_turn and answer_is_call:
+        refs, pairs = _pair_turns([cs for cs in turn_calls if cs], answer)
+    else:
+        refs = references(answer) if answer_is_call else None
+        pairs = _pair(calls, refs) if calls or refs else []
+    if pairs:
         parts.update(_part_scores(pairs, specs, refs is not None))
     total = sum(w[k] * v for k, v in parts.items()) / sum(w[k] for k in parts)
-    unreadable = sum(1 for t, cs in zip(turns, per_turn) if not cs and TAGGED.search(t))
-    extra = {} if conversation is None else {"turns_with_calls": float(sum(map(bool, per_turn)))}
+    unreadable = sum(1 for t, cs in zip(turns, turn_calls) if not cs and TAGGED.search(t))
+    extra = {} if conversation is None else {
+        "turns_with_calls": float(sum(map(bool, turn_calls)))}
     return {"total": total if calls else 0.0, **parts, **extra,
             **error_parts(pairs, specs, refs is not None, unreadable)}
 
@@ -133,6 +156,20 @@ def _pair(calls: list[Call], refs: list[Reference] | None
         pairs.append((free[i] if i < len(free) else None,
                       unmatched[i] if i < len(unmatched) else None))
     return pairs
+
+
+def _pair_turns(turns: list[list[Call]], answer: Any
+                ) -> tuple[list[Reference], list[tuple[Call | None, Reference | None]]]:
+    """Per-turn pairing: the i-th calling turn against the i-th reference entry."""
+    entries = as_json(answer, "answer", "tool_call")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"tool_call(per_turn=True): row field 'answer' must be a list with "
+                         f"one reference per calling turn; got {str(answer)[:80]!r}")
+    per_ref = [references(e) or [] for e in entries]
+    pairs: list[tuple[Call | None, Reference | None]] = []
+    for i in range(max(len(turns), len(per_ref))):
+        pairs += _pair(turns[i] if i < len(turns) else [], per_ref[i] if i < len(per_ref) else [])
+    return [r for rs in per_ref for r in rs], pairs
 
 
 def _part_scores(pairs: list, specs: dict[str, dict] | None, has_ref: bool) -> dict[str, float]:

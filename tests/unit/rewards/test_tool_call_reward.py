@@ -225,3 +225,35 @@ def test_conversation_calls_of_every_turn_are_scored():
     assert (r["total"], r["parsed"], r["turns_with_calls"]) == (1.0, 1.0, 1.0)
     assert r["err_unparsed"] == 0.5  # one good call, one unreadable block
     assert tool_call("Done.", tools=TOOLS, answer_is_call=False)["total"] == 0.0
+
+
+def turn(*names_and_args):
+    calls = "".join(f'<tool_call>{json.dumps({"name": n, "arguments": a})}</tool_call>'
+                    for n, a in names_and_args)
+    return [{"role": "assistant", "content": calls}, {"role": "tool", "content": "ok"}]
+
+
+def test_per_turn_scoring_pairs_each_calling_turn_with_its_reference():
+    weather = ("get_weather", {"city": "Oslo"})
+    timer = ("set_timer", {"minutes": 5})
+    refs = [[{"name": "get_weather", "arguments": {"city": "Oslo"}},  # turn 1: two calls
+             {"name": "set_timer", "arguments": {"minutes": 5}}],
+            {"name": "set_timer", "arguments": {"minutes": 5}}]  # turn 2: one
+    end = [{"role": "assistant", "content": "Done."}]
+
+    def per_turn(talk):
+        return tool_call("Done.", tools=TOOLS, answer=refs, conversation=talk + end,
+                         per_turn=True)
+
+    assert per_turn(turn(weather, timer) + turn(timer))["total"] == 1.0
+    # The same three calls, split 1 + 2 instead of 2 + 1: pooled pairing gives full
+    # credit, per turn the weather call is alone in turn 1 and turn 2 has an extra.
+    moved = turn(weather) + turn(timer, timer)
+    assert tool_call("Done.", tools=TOOLS, answer=json.dumps([*refs[0], refs[1]]),
+                     conversation=moved + end)["total"] == 1.0
+    r = per_turn(moved)
+    assert (r["name"], r["values"]) == (pytest.approx(2 / 4), pytest.approx(2 / 4))
+    missing = per_turn(turn(weather, timer))  # turn 2 never came: its reference is missed
+    assert missing["name"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="one reference per calling turn"):
+        tool_call("x", answer={"name": "a", "arguments": {}}, conversation=end, per_turn=True)
