@@ -95,6 +95,22 @@ def test_gae_hand_worked():
     assert out.advantages.tolist() == [pytest.approx([0, -r, r, 0], abs=1e-6)]
 
 
+def test_gae_steps_over_tool_results_as_if_they_were_not_there():
+    # A multi-turn row: model tokens at 1-2 and 5-6, a tool's result at 3-4 (not
+    # the model's: masked). The environment's tokens are no decision, so GAE must
+    # chain token 2 to token 5 exactly as on the row with the result cut out.
+    g = torch.Generator().manual_seed(3)
+    rewards, values = torch.randn(1, 8, generator=g), torch.randn(1, 8, generator=g)
+    mask = torch.tensor([[F, T, T, F, F, T, T, F]])
+    keep = [0, 1, 2, 5, 6, 7]
+    out = run("gae", rewards, mask, torch.tensor([0]), values, gamma=0.9, lam=0.8, eps=0.0)
+    cut = run("gae", rewards[:, keep], mask[:, keep], torch.tensor([0]), values[:, keep],
+              gamma=0.9, lam=0.8, eps=0.0)
+    torch.testing.assert_close(out.returns[:, keep], cut.returns)
+    torch.testing.assert_close(out.advantages[:, keep], cut.advantages)
+    assert out.returns[0, 3:5].tolist() == [0.0, 0.0]
+
+
 def test_gae_without_values_says_ppo_needs_a_critic():
     with pytest.raises(ValueError, match="values.*critic"):
         run("gae", HAND_REWARDS, HAND_MASK, HAND_GROUPS)
