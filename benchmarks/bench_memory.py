@@ -43,7 +43,7 @@ import psutil
 ROLES = (("ray::Learner", "learner"), ("ray::RolloutWorker", "rollout"),
          ("EngineCore", "rollout"), ("ray::RewardService", "reward"),
          ("ray::", "other ray workers"), ("raylet", "ray system"), ("gcs_server", "ray system"))
-OLD = ["train.micro_batch_tokens=4096", "rollout.kv_cache_gb=2"]
+OLD = ["train.micro_batch_tokens=4096", "rollout.kv_cache_gb=2", "rollout.vllm_in_process=false"]
 GIB = 1 << 30
 
 
@@ -66,6 +66,7 @@ class Sample:
     peak_rss: float = 0.0
     peak_pss: float = 0.0
     role_peak: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    role_pss: dict[str, float] = field(default_factory=dict)  # each role's PSS at the PSS peak
     learner_cpu: tuple[float, float] = (0.0, 0.0)
 
 
@@ -76,7 +77,7 @@ def watch(driver: int, out: Sample, stop: threading.Event) -> None:
             procs = [root, *root.children(recursive=True)]
         except psutil.Error:
             return
-        rss, pss, roles = 0.0, 0.0, defaultdict(float)
+        rss, pss, roles, roles_pss = 0.0, 0.0, defaultdict(float), defaultdict(float)
         for p in procs:
             try:
                 mem = p.memory_full_info()
@@ -88,6 +89,9 @@ def watch(driver: int, out: Sample, stop: threading.Event) -> None:
                 continue
             rss, pss = rss + mem.rss, pss + mem.pss
             roles[role] += mem.rss
+            roles_pss[role] += mem.pss
+        if pss > out.peak_pss:
+            out.role_pss = dict(roles_pss)
         out.peak_rss, out.peak_pss = max(out.peak_rss, rss), max(out.peak_pss, pss)
         for role, value in roles.items():
             out.role_peak[role] = max(out.role_peak[role], value)
@@ -114,21 +118,25 @@ def run(name: str, overrides: list[str], env: dict[str, str], runs: Path) -> dic
     return {"wall s": time.perf_counter() - t0, "update s/step": sum(update) / max(len(update), 1),
             "peak RSS sum GiB": sample.peak_rss / GIB, "peak PSS sum GiB": sample.peak_pss / GIB,
             "learner user s": sample.learner_cpu[0], "learner system s": sample.learner_cpu[1],
-            **{f"  {r} peak RSS GiB": v / GIB for r, v in sorted(sample.role_peak.items())}}
+            **{f"  {r} peak RSS GiB": v / GIB for r, v in sorted(sample.role_peak.items())},
+            **{f"  {r} PSS at the peak GiB": v / GIB for r, v in sorted(sample.role_pss.items())}}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--after-only", action="store_true",
+                   help="only today's defaults (a breakdown; no before/after ratio)")
     p.add_argument("overrides", nargs="*", help="key=value for both runs")
     ns = p.parse_args()
     base = [f"train.steps={ns.steps}", *ns.overrides]
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp)
-        before = run("before", base + OLD, {"RLFT_MALLOC_DEFAULT": "1"}, runs)
         after = run("after", base, {}, runs)
+        before = {} if ns.after_only else run("before", base + OLD, {"RLFT_MALLOC_DEFAULT": "1"},
+                                              runs)
     print(f"\n| figure ({ns.steps} steps) | before | after | after / before |\n|---|---|---|---|")
-    for key in before.keys() | after.keys():
+    for key in sorted(before.keys() | after.keys(), key=lambda k: (k.startswith(" "), k)):
         b, a = before.get(key, 0.0), after.get(key, 0.0)
         print(f"| {key} | {b:.2f} | {a:.2f} | {a / b if b else float('nan'):.2f} |")
     return 0

@@ -87,7 +87,8 @@ class TrainingLoop:
         for warning in field_warnings(terms, [p.fields for p in self.sampler.prompts],
                                       cfg.data.field_map):  # a reward input that no row has
             log.warning(warning)
-        self.pools = build_pools(cfg, self.algo)
+        sent = [*self.sampler.prompts, *self.eval_prompts]  # the CPU KV cache is sized by them
+        self.pools = build_pools(cfg, self.algo, max(len(p.prompt_ids) for p in sent))
         self.weights = build_weight_sync(cfg, self.pools)  # rollout.weight_transport
         self.step, self.version = 0, 0
         self.plan = UpdatePlan(cfg.train.epochs, cfg.train.minibatches, cfg.train.seed)

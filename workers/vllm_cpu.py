@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-BLOCK = 16  # tokens per KV-cache block (vLLM's CPU default)
+BLOCK = 128  # tokens per KV-cache block: vLLM's CPU default (platforms/cpu.py)
 MIN_KV_BYTES = 64 << 20
 
 
@@ -42,16 +42,18 @@ def kv_cache_bytes(cfg: dict[str, Any], dtype: str, sequences: int, seq_tokens: 
                    model_len: int) -> int:
     """A KV cache for `sequences` of up to `seq_tokens` tokens running together,
     and never less than one sequence of the model's full length (vLLM refuses
-    to start otherwise). Each sequence rounds up to whole blocks, plus one.
+    to start otherwise). Each sequence takes whole blocks; vLLM keeps one more
+    block (its null block) out of use.
 
     >>> cfg = {"num_hidden_layers": 30, "num_attention_heads": 9,
     ...        "num_key_value_heads": 3, "hidden_size": 576}
-    >>> kv_cache_bytes(cfg, "float32", 64, 280, 8192) / 2**20  # 64 x 304 tokens
-    855.0
+    >>> kv_cache_bytes(cfg, "float32", 64, 280, 8192) / 2**20  # 64 x 3 blocks + 1
+    1085.625
+    >>> kv_cache_bytes(cfg, "float32", 64, 94, 8192) / 2**20  # one model-length sequence + 1
+    365.625
     """
-    per_seq = (-(-seq_tokens // BLOCK) + 1) * BLOCK
-    tokens = max(sequences * per_seq, model_len + BLOCK)
-    return max(tokens * kv_bytes_per_token(cfg, dtype), MIN_KV_BYTES)
+    blocks = max(sequences * -(-seq_tokens // BLOCK), -(-model_len // BLOCK)) + 1
+    return max(blocks * BLOCK * kv_bytes_per_token(cfg, dtype), MIN_KV_BYTES)
 
 
 def cpu_settings(model_path: str, dtype: str, max_model_len: int | None,

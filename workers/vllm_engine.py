@@ -33,9 +33,13 @@ What vLLM (0.32) gives us and how it is used:
 - Processes: by default vLLM runs the engine core and its worker in child
   processes (fork; spawn inside a Ray actor, which works as a RolloutWorker),
   which keeps vLLM's global changes (torch threads, RNG seed, a
-  torch.distributed group) out of the caller. `VLLM_ENABLE_V1_MULTIPROCESSING=0`
-  with `distributed_executor_backend="uni"` runs it in-process instead
-  (faster start, but those changes then hit the calling process).
+  torch.distributed group) out of the caller. `in_process=True`
+  (`VLLM_ENABLE_V1_MULTIPROCESSING=0` and `distributed_executor_backend="uni"`)
+  runs both in the caller instead: the CPU rollout worker does (the wiring
+  sets it; a Ray actor has nothing those changes could disturb). On CPU that
+  saves two Python processes with torch and vLLM loaded (~1 GiB resident in
+  the default run) and lets generation use every core: vLLM's multiprocess
+  executor pins its worker to all cores but one, kept for the engine core.
 - CPU (workers/vllm_cpu.py): chunked prefill is turned off (vLLM's CPU path
   crashes on seeded requests whose prefill is split); the KV cache is
   `kv_cache_gb`, else sized to the batch (vLLM would size it from
@@ -51,6 +55,7 @@ What vLLM (0.32) gives us and how it is used:
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -174,7 +179,9 @@ class VLLMEngine:
     weight-update RPC. `sleep_mode`: colocated runs; `sleep()` frees the GPU
     for the learner (vLLM sleep level 1: weights offloaded to CPU, KV cache
     dropped) and `wake()` restores it before the weight sync. Where vLLM has no
-    sleep mode (CPU) both are no-ops. `llm_kwargs` go to `vllm.LLM` unchanged.
+    sleep mode (CPU) both are no-ops. `in_process`: engine core and worker in
+    this process (see the module notes; one worker only). `llm_kwargs` go to
+    `vllm.LLM` unchanged.
 
     Seeding: with `params.seed` set, request i of a call gets seed
     mix(engine seed, params.seed) + i*n (vLLM adds the sample index for each
@@ -189,7 +196,7 @@ class VLLMEngine:
                  kv_cache_shape: tuple[int, int] | None = None, max_model_len: int | None = None,
                  enforce_eager: bool = True, enable_prefix_caching: bool = True,
                  sync_bucket_bytes: int = 256 << 20, sleep_mode: bool = False,
-                 **llm_kwargs: Any) -> None:
+                 in_process: bool = False, **llm_kwargs: Any) -> None:
         try:
             from vllm import LLM
             from vllm.platforms import current_platform
@@ -210,6 +217,13 @@ class VLLMEngine:
         self.sleeps = sleep_mode and current_platform.is_sleep_mode_available()
         if self.sleeps:
             llm_kwargs["enable_sleep_mode"] = True
+        if in_process:
+            if tensor_parallel_size != 1:
+                raise ValueError(f"VLLMEngine(in_process=True) runs one worker; "
+                                 f"tensor_parallel_size={tensor_parallel_size} needs processes")
+            # Read by vLLM when the engine is built (vllm.envs is not cached before).
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            llm_kwargs.setdefault("distributed_executor_backend", "uni")
         self.llm = LLM(model=model_path, dtype=_dtype_name(dtype), seed=seed,
                        tensor_parallel_size=tensor_parallel_size,
                        gpu_memory_utilization=gpu_memory_utilization,

@@ -49,7 +49,8 @@ def engine_name(cfg: Config) -> str:
 
 
 # Rollout settings only the vLLM engine takes, with their defaults.
-VLLM_ONLY = {"tensor_parallel_size": 1, "kv_cache_gb": None, "gpu_memory_utilization": 0.5}
+VLLM_ONLY = {"tensor_parallel_size": 1, "kv_cache_gb": None, "gpu_memory_utilization": 0.5,
+             "vllm_in_process": None}
 
 
 def _on_gpu(gpu: bool | None) -> bool:
@@ -82,20 +83,28 @@ def rollout_dtype(cfg: Config, gpu: bool) -> str:
     return model_dtype(cfg, gpu) if cfg.rollout.dtype == "auto" else cfg.rollout.dtype
 
 
-def engine_kwargs(cfg: Config, engine: str, gpu: bool = False, engines_per_gpu: int = 1) -> dict:
+def engine_kwargs(cfg: Config, engine: str, gpu: bool = False, engines_per_gpu: int = 1,
+                  longest_prompt: int | None = None) -> dict:
     """The rollout engine's arguments beyond model and seed. `rollout.dtype=auto`
     is the learner's dtype (model.dtype). `engines_per_gpu` engines share one GPU
-    (colocated mode): each asks for its share of gpu_memory_utilization."""
+    (colocated mode): each asks for its share of gpu_memory_utilization.
+    `longest_prompt`: the longest prompt the run will send, in tokens (else
+    data.max_prompt_tokens): the CPU KV cache is sized by it."""
     r = cfg.rollout
     dtype = rollout_dtype(cfg, gpu)
     if engine == "vllm":
         together = -(-r.prompts_per_step * r.n // r.num_workers)  # one worker's share
+        prompt = min(longest_prompt or cfg.data.max_prompt_tokens, cfg.data.max_prompt_tokens)
         return dict(dtype=dtype, tensor_parallel_size=r.tensor_parallel_size,
                     kv_cache_gb=r.kv_cache_gb,
-                    kv_cache_shape=(together, cfg.data.max_prompt_tokens + (
+                    kv_cache_shape=(together, prompt + (
                         r.max_total_tokens if r.tools else r.max_new_tokens)),
                     gpu_memory_utilization=r.gpu_memory_utilization / engines_per_gpu,
-                    sleep_mode=r.mode == "colocated")
+                    sleep_mode=r.mode == "colocated",
+                    # CPU: engine core and worker inside the rollout actor (two
+                    # processes fewer, every core for generation; vllm_engine.py).
+                    in_process=(not gpu and r.tensor_parallel_size == 1
+                                if r.vllm_in_process is None else r.vllm_in_process))
     changed = [f"rollout.{k}={getattr(r, k)}" for k, v in VLLM_ONLY.items() if getattr(r, k) != v]
     if changed:
         raise ConfigError(f"{', '.join(changed)}: vLLM-only settings, but the rollout engine is "
@@ -188,10 +197,10 @@ def build_prompts_for(cfg: Config, split: str | None = None) -> tuple[PromptSamp
     return sampler, tokenizer.pad_token_id
 
 
-def build_pools(cfg: Config, algo: Algorithm) -> Pools:
+def build_pools(cfg: Config, algo: Algorithm, longest_prompt: int | None = None) -> Pools:
     """Start the rollout workers, the reward actor (`algo.reward_source`), the learner
     ranks and, when the spec needs one, the critic ranks, after checking that the
-    cluster can hold them all.
+    cluster can hold them all. `longest_prompt`: see `engine_kwargs`.
 
     Actors get model *names*: each resolves (builds, for an alias) the model on
     its own node, as a cluster without a shared home folder needs; the driver
@@ -210,7 +219,8 @@ def build_pools(cfg: Config, algo: Algorithm) -> Pools:
     # critic rank and (bundle 0) the self-reward actor share bundle i's GPU.
     shared = bool(gpus) and cfg.rollout.mode == "colocated"
     per_bundle = -(-n_roll // world)
-    roll_kwargs = engine_kwargs(cfg, engine, bool(gpus), per_bundle if shared else 1)
+    roll_kwargs = engine_kwargs(cfg, engine, bool(gpus), per_bundle if shared else 1,
+                                longest_prompt)
     if cfg.rollout.tools:  # multi-turn rollouts (workers/turns.py)
         roll_kwargs["tools"] = tool_settings(cfg)
     weight_transport(cfg, gpus)  # fails on a broadcast transport that cannot work

@@ -58,7 +58,8 @@ def test_engine_is_registered_without_importing_vllm_at_module_level():
 def test_rollout_config_reaches_the_engine_and_hf_refuses_vllm_settings():
     assert engine_kwargs(load_config(), "vllm") == dict(
         dtype="float32", tensor_parallel_size=1, kv_cache_gb=None, gpu_memory_utilization=0.5,
-        sleep_mode=False, kv_cache_shape=(64, 256 + 24))  # 8 prompts x 8 samples, one worker
+        sleep_mode=False, kv_cache_shape=(64, 256 + 24),  # 8 prompts x 8 samples, one worker
+        in_process=True)  # CPU: engine core and worker inside the rollout actor
     cfg = load_config(None, ["rollout.mode=colocated", "model.dtype=bfloat16",
                              "rollout.kv_cache_gb=0.5", "rollout.gpu_memory_utilization=0.3"])
     got = engine_kwargs(cfg, "vllm")  # dtype auto = the learner's
@@ -66,6 +67,10 @@ def test_rollout_config_reaches_the_engine_and_hf_refuses_vllm_settings():
             got["gpu_memory_utilization"]) == ("bfloat16", True, 0.5, 0.3)
     assert engine_kwargs(load_config(None, ["rollout.dtype=float16"]), "vllm")["dtype"] == \
         "float16"
+    # The run's longest prompt sizes the CPU KV cache (capped by data.max_prompt_tokens).
+    assert engine_kwargs(load_config(), "vllm", longest_prompt=70)["kv_cache_shape"] == (64, 94)
+    assert engine_kwargs(load_config(), "vllm", longest_prompt=900)["kv_cache_shape"] == \
+        (64, 280)
     # transformers takes the dtype and refuses what only vLLM understands.
     assert engine_kwargs(load_config(None, ["rollout.mode=colocated"]), "hf") == \
         {"dtype": torch.float32, "device": "cpu"}
@@ -75,7 +80,8 @@ def test_rollout_config_reaches_the_engine_and_hf_refuses_vllm_settings():
         {"dtype": torch.bfloat16, "device": "cuda"}
     got = engine_kwargs(load_config(None, ["rollout.mode=colocated"]), "vllm", gpu=True,
                         engines_per_gpu=2)
-    assert (got["dtype"], got["gpu_memory_utilization"]) == ("bfloat16", 0.25)
+    assert (got["dtype"], got["gpu_memory_utilization"], got["in_process"]) == (
+        "bfloat16", 0.25, False)  # GPUs: vLLM's own processes
     assert engine_kwargs(load_config(None, ["model.dtype=float32"]), "vllm",
                          gpu=True)["dtype"] == "float32"
     with pytest.raises(ConfigError, match=r"rollout.tensor_parallel_size=2, "
