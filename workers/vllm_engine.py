@@ -37,8 +37,8 @@ What vLLM (0.32) gives us and how it is used:
   (`VLLM_ENABLE_V1_MULTIPROCESSING=0` and `distributed_executor_backend="uni"`)
   runs both in the caller instead: the CPU rollout worker does (the wiring
   sets it; a Ray actor has nothing those changes could disturb). On CPU that
-  saves two Python processes with torch and vLLM loaded (~1 GiB resident in
-  the default run) and lets generation use every core: vLLM's multiprocess
+  saves two Python processes with torch and vLLM loaded (~1.5 GiB resident
+  in the default run) and lets generation use every core: vLLM's multiprocess
   executor pins its worker to all cores but one, kept for the engine core.
 - CPU (workers/vllm_cpu.py): chunked prefill is turned off (vLLM's CPU path
   crashes on seeded requests whose prefill is split); the KV cache is

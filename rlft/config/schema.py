@@ -108,8 +108,8 @@ class RolloutConfig:
         "model's length); on GPU what gpu_memory_utilization leaves.", lo=0.001)
     vllm_in_process: bool | None = doc(
         None, "vLLM only: run the engine core and its worker inside the rollout actor instead "
-        "of two child processes. None: yes on CPU (two processes and ~1 GiB fewer, every core "
-        "generates), no on GPUs.")
+        "of two child processes. None: yes on CPU (two processes and ~1.5 GiB fewer, every "
+        "core generates), no on GPUs.")
     gpu_memory_utilization: float = doc(0.5, "vLLM only: share of its GPU's memory an engine "
                                         "may take (weights + KV cache); leave room for the "
                                         "learner in colocated mode.", lo=0.01, hi=1.0)

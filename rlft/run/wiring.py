@@ -93,6 +93,10 @@ def engine_kwargs(cfg: Config, engine: str, gpu: bool = False, engines_per_gpu: 
     r = cfg.rollout
     dtype = rollout_dtype(cfg, gpu)
     if engine == "vllm":
+        if r.vllm_in_process and r.tensor_parallel_size > 1:
+            raise ConfigError(f"rollout.vllm_in_process=true runs one vLLM worker in the rollout "
+                              f"actor; rollout.tensor_parallel_size={r.tensor_parallel_size} "
+                              "needs vLLM's worker processes: unset rollout.vllm_in_process")
         together = -(-r.prompts_per_step * r.n // r.num_workers)  # one worker's share
         prompt = min(longest_prompt or cfg.data.max_prompt_tokens, cfg.data.max_prompt_tokens)
         return dict(dtype=dtype, tensor_parallel_size=r.tensor_parallel_size,

@@ -88,6 +88,11 @@ def test_rollout_config_reaches_the_engine_and_hf_refuses_vllm_settings():
                                           r"rollout.kv_cache_gb=1.0: vLLM-only"):
         engine_kwargs(load_config(None, ["rollout.tensor_parallel_size=2",
                                          "rollout.kv_cache_gb=1"]), "hf")
+    with pytest.raises(ConfigError, match="vllm_in_process=true runs one vLLM worker"):
+        engine_kwargs(load_config(None, ["rollout.vllm_in_process=true",
+                                         "rollout.tensor_parallel_size=2"]), "vllm", gpu=True)
+    assert not engine_kwargs(load_config(None, ["rollout.vllm_in_process=false"]),
+                             "vllm")["in_process"]
     with pytest.raises(ConfigError, match="tensor_parallel_size must be 1"):
         load_config(None, ["rollout.mode=colocated", "rollout.tensor_parallel_size=2"])
     with pytest.raises(ConfigError, match="rollout.mode: 'shared' is not valid"):
