@@ -68,3 +68,32 @@ def test_k0_is_the_synchronous_loop_bit_for_bit(tmp_path, tiny_model_path):
     assert any(not torch.equal(weights[k], before[k]) for k in want)  # the steps trained
     ledger = read(tmp_path / "k0" / NAME)  # every prompt drawn was trained, once
     assert [g for r in ledger for g in r["draws"]] == list(range(STEPS * PROMPTS))
+
+
+def test_k1_runs_multi_turn_tool_rollouts(tmp_path, tiny_model_path):
+    """Multi-turn tools under the asynchronous loop: Prefix-RFT forces each
+    demonstration's first model turn (a `builtin:tool_use` call) on half the
+    samples, the tool runs, its result comes back as a tool message, and the
+    rollouts that ran one step ahead train with their masks and versions."""
+    cfg = _cfg(tmp_path, tiny_model_path, "tools", "train.max_staleness=1",
+               "data.source=builtin:tool_use", "rollout.tools=[calculator, lookup]",
+               "rollout.max_turns=2", "rollout.max_total_tokens=96", "algo.name=prefix_rft",
+               "algo.prefix.fraction=0.5", "algo.prefix.low_start=1.0",
+               "algo.prefix.high_start=1.0", "algo.prefix.low_end=1.0",
+               "algo.prefix.high_end=1.0", "reward.terms=[{name: accuracy}]",
+               # The random model never ends a turn: a space stops it (sampled text
+               # only, not the forced call), so the called turn completes and its call runs.
+               "rollout.stop=[' ']")
+    loop = TrainingLoop(cfg)
+    try:
+        history = loop.train()
+    finally:
+        loop.close()
+    assert [m.step for m in history] == list(range(STEPS))
+    for m in history:  # half the samples called a tool (the forced call) and read its result
+        assert m.extra["rollout/tool_calls_mean"] >= 0.5, m.extra
+        assert m.extra["rollout/turns_mean"] > 1.0, m.extra
+        assert m.extra["rollout/tool_errors"] == 0.0, m.extra
+    assert max(m.extra["async/staleness_mean"] for m in history) > 0  # it ran ahead
+    trained = read(tmp_path / "tools" / NAME)
+    assert [r["step"] for r in trained] == list(range(STEPS))
