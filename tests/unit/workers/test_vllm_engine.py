@@ -16,8 +16,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from rlft.config import ConfigError, load_config
-from rlft.run.wiring import engine_kwargs
 from rlft.types import Prompt, PromptBatch
 from rlft.workers.rollout import ENGINES, SamplingParams, _engine_class, cut_response
 from rlft.workers.vllm_engine import VLLMEngine, from_wire, to_wire
@@ -53,50 +51,6 @@ def test_wire_round_trip_keeps_dtype_shape_and_values():
 def test_engine_is_registered_without_importing_vllm_at_module_level():
     assert ENGINES.get("vllm") is VLLMEngine
     assert _engine_class("vllm") is VLLMEngine
-
-
-def test_rollout_config_reaches_the_engine_and_hf_refuses_vllm_settings():
-    assert engine_kwargs(load_config(), "vllm") == dict(
-        dtype="float32", tensor_parallel_size=1, kv_cache_gb=None, gpu_memory_utilization=0.5,
-        sleep_mode=False, kv_cache_shape=(64, 256 + 24),  # 8 prompts x 8 samples, one worker
-        in_process=True)  # CPU: engine core and worker inside the rollout actor
-    cfg = load_config(None, ["rollout.mode=colocated", "model.dtype=bfloat16",
-                             "rollout.kv_cache_gb=0.5", "rollout.gpu_memory_utilization=0.3"])
-    got = engine_kwargs(cfg, "vllm")  # dtype auto = the learner's
-    assert (got["dtype"], got["sleep_mode"], got["kv_cache_gb"],
-            got["gpu_memory_utilization"]) == ("bfloat16", True, 0.5, 0.3)
-    assert engine_kwargs(load_config(None, ["rollout.dtype=float16"]), "vllm")["dtype"] == \
-        "float16"
-    # The run's longest prompt sizes the CPU KV cache (capped by data.max_prompt_tokens).
-    assert engine_kwargs(load_config(), "vllm", longest_prompt=70)["kv_cache_shape"] == (64, 94)
-    assert engine_kwargs(load_config(), "vllm", longest_prompt=900)["kv_cache_shape"] == \
-        (64, 280)
-    # transformers takes the dtype and refuses what only vLLM understands.
-    assert engine_kwargs(load_config(None, ["rollout.mode=colocated"]), "hf") == \
-        {"dtype": torch.float32, "device": "cpu"}
-    # On GPUs: model.dtype=auto is bfloat16, the transformers engine runs on the
-    # actor's GPU, and engines sharing a GPU split gpu_memory_utilization.
-    assert engine_kwargs(load_config(), "hf", gpu=True) == \
-        {"dtype": torch.bfloat16, "device": "cuda"}
-    got = engine_kwargs(load_config(None, ["rollout.mode=colocated"]), "vllm", gpu=True,
-                        engines_per_gpu=2)
-    assert (got["dtype"], got["gpu_memory_utilization"], got["in_process"]) == (
-        "bfloat16", 0.25, False)  # GPUs: vLLM's own processes
-    assert engine_kwargs(load_config(None, ["model.dtype=float32"]), "vllm",
-                         gpu=True)["dtype"] == "float32"
-    with pytest.raises(ConfigError, match=r"rollout.tensor_parallel_size=2, "
-                                          r"rollout.kv_cache_gb=1.0: vLLM-only"):
-        engine_kwargs(load_config(None, ["rollout.tensor_parallel_size=2",
-                                         "rollout.kv_cache_gb=1"]), "hf")
-    with pytest.raises(ConfigError, match="vllm_in_process=true runs one vLLM worker"):
-        engine_kwargs(load_config(None, ["rollout.vllm_in_process=true",
-                                         "rollout.tensor_parallel_size=2"]), "vllm", gpu=True)
-    assert not engine_kwargs(load_config(None, ["rollout.vllm_in_process=false"]),
-                             "vllm")["in_process"]
-    with pytest.raises(ConfigError, match="tensor_parallel_size must be 1"):
-        load_config(None, ["rollout.mode=colocated", "rollout.tensor_parallel_size=2"])
-    with pytest.raises(ConfigError, match="rollout.mode: 'shared' is not valid"):
-        load_config(None, ["rollout.mode=shared"])
 
 
 @pytest.fixture(scope="module")
