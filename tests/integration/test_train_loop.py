@@ -9,6 +9,7 @@ import torch
 
 from rlft.config import load_config
 from rlft.loop import TrainingLoop
+from rlft.workers.placement import allocator_env
 
 REWARD = str(Path(__file__).with_name("length_reward.py")) + ":distinct_chars"
 
@@ -21,6 +22,11 @@ def _cfg(tmp_path, model_path, steps=4, extra=()):
         "checkpoint.every=2", "checkpoint.keep=3", f"logging.run_dir={tmp_path}",
         "logging.run_name=loop", "logging.loggers=[jsonl]", "ray.num_cpus=2", *extra,
     ])
+
+
+def _malloc(handle) -> str:
+    maps = ray.get(handle.__ray_call__.remote(lambda _: Path("/proc/self/maps").read_text()))
+    return "tcmalloc" if "libtcmalloc" in maps else "glibc"
 
 
 def _weights(trainer):
@@ -41,6 +47,12 @@ def test_loop_trains_checkpoints_and_resumes_bit_identically(tmp_path, tiny_mode
     with caplog.at_level(logging.WARNING, logger="rlft"):
         full = TrainingLoop(cfg)
     assert caplog.text.count("reads row field 'schema', which no row has") == 1
+    # ray.cpu_allocator=auto: the learner and rollout processes run on tcmalloc
+    # where it is installed; the reward service keeps glibc.
+    want = "tcmalloc" if allocator_env("auto") else "glibc"
+    pools = full.pools
+    assert [_malloc(pools.learners[0]), _malloc(pools.rollout[0])] == [want, want]
+    assert _malloc(pools.reward) == "glibc"
     before = _weights(full)
     history = full.train()
     after = _weights(full)
