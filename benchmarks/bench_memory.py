@@ -11,12 +11,14 @@ engine core, the reward processes) twice a second:
   and each role's peak RSS;
 - the learner's user and system CPU seconds (system time is the kernel
   first-touching fresh memory);
-- wall time of the whole run and the mean learner update time per step.
+- wall time of the whole run and the mean learner update and rollout time per
+  step, and which malloc the learner and rollout processes map.
 
 "before" is the run with the old settings, `train.micro_batch_tokens=4096
-rollout.kv_cache_gb=2`, and `RLFT_MALLOC_DEFAULT=1`, which leaves glibc's
-malloc as it was (freed activations go back to the kernel and are first-touched
-again every update); "after" is the defaults. The last table gives after /
+rollout.kv_cache_gb=2 rollout.vllm_in_process=false ray.cpu_allocator=glibc`,
+and `RLFT_MALLOC_DEFAULT=1`, which leaves glibc's malloc as it was (freed
+activations go back to the kernel and are first-touched again every update);
+"after" is the defaults. The last table gives after /
 before for each figure.
 
     .venv/bin/python benchmarks/bench_memory.py [--steps N] [key=value ...]
@@ -43,7 +45,8 @@ import psutil
 ROLES = (("ray::Learner", "learner"), ("ray::RolloutWorker", "rollout"),
          ("EngineCore", "rollout"), ("ray::RewardService", "reward"),
          ("ray::", "other ray workers"), ("raylet", "ray system"), ("gcs_server", "ray system"))
-OLD = ["train.micro_batch_tokens=4096", "rollout.kv_cache_gb=2", "rollout.vllm_in_process=false"]
+OLD = ["train.micro_batch_tokens=4096", "rollout.kv_cache_gb=2", "rollout.vllm_in_process=false",
+       "ray.cpu_allocator=glibc"]
 GIB = 1 << 30
 
 
@@ -68,6 +71,12 @@ class Sample:
     role_peak: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     role_pss: dict[str, float] = field(default_factory=dict)  # each role's PSS at the PSS peak
     learner_cpu: tuple[float, float] = (0.0, 0.0)
+    malloc: dict[str, str] = field(default_factory=dict)  # role -> the malloc its process maps
+
+
+def malloc_of(proc: psutil.Process) -> str:
+    maps = Path(f"/proc/{proc.pid}/maps").read_text()
+    return next((lib for lib in ("tcmalloc", "jemalloc") if f"lib{lib}" in maps), "glibc")
 
 
 def watch(driver: int, out: Sample, stop: threading.Event) -> None:
@@ -85,7 +94,9 @@ def watch(driver: int, out: Sample, stop: threading.Event) -> None:
                 if role == "learner":
                     cpu = p.cpu_times()
                     out.learner_cpu = (cpu.user, cpu.system)
-            except psutil.Error:
+                if role in ("learner", "rollout") and role not in out.malloc:
+                    out.malloc[role] = malloc_of(p)
+            except (psutil.Error, OSError):  # gone meanwhile
                 continue
             rss, pss = rss + mem.rss, pss + mem.pss
             roles[role] += mem.rss
@@ -114,8 +125,10 @@ def run(name: str, overrides: list[str], env: dict[str, str], runs: Path) -> dic
         raise SystemExit(f"{name} run failed ({child.returncode}):\n{err[-3000:]}")
     steps = [json.loads(line) for line in (runs / name / "metrics.jsonl").read_text().splitlines()]
     update = [s["time/update"] for s in steps if "time/update" in s]
-    print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+    rollout = [s["time/rollout"] for s in steps if "time/rollout" in s]
+    print(f"{name}: done in {time.perf_counter() - t0:.0f} s; malloc {sample.malloc}", flush=True)
     return {"wall s": time.perf_counter() - t0, "update s/step": sum(update) / max(len(update), 1),
+            "rollout s/step": sum(rollout) / max(len(rollout), 1),
             "peak RSS sum GiB": sample.peak_rss / GIB, "peak PSS sum GiB": sample.peak_pss / GIB,
             "learner user s": sample.learner_cpu[0], "learner system s": sample.learner_cpu[1],
             **{f"  {r} peak RSS GiB": v / GIB for r, v in sorted(sample.role_peak.items())},
