@@ -210,7 +210,7 @@ class TrainingLoop:
         params = params or sampling_params(self.cfg, seed=self.cfg.train.seed * 1_000_003 + step)
         ahead, version = version is not None and self.ahead.depth > 0, \
             self.version if version is None else version
-        shards = _split(batch, len(self.pools.rollout))
+        shards = batch.shards(len(self.pools.rollout))
 
         def run() -> list[Rollouts]:
             return ray.get([w.generate.remote(s, params)
@@ -278,14 +278,14 @@ class TrainingLoop:
                      ) -> UpdateStats:
         """One optimizer step of a role's world, each rank on its rows."""
         world = len(ranks)
-        stats = ray.get([rank.update.remote(_rows(batch, r, world), terms)
+        stats = ray.get([rank.update.remote(batch.rank_rows(r, world), terms)
                          for r, rank in enumerate(ranks)])
         return stats[0]  # every rank reports the same reduced figures
 
     def values(self, batch: TrainBatch) -> torch.Tensor:
         """The critic's values [B, L] of the batch, assembled from its ranks' shards."""
         world = len(self.pools.critics)
-        parts = ray.get([c.values.remote(_rows(batch, r, world))
+        parts = ray.get([c.values.remote(batch.rank_rows(r, world))
                          for r, c in enumerate(self.pools.critics)])
         out = torch.zeros_like(batch.advantages)
         for r, part in enumerate(parts):
@@ -330,7 +330,7 @@ class TrainingLoop:
 
     def _logprobs(self, batch: TrainBatch, ref: bool) -> tuple[torch.Tensor, torch.Tensor]:
         world = len(self.pools.learners)
-        parts = ray.get([lrn.compute_logprobs.remote(_rows(batch, r, world), ref)
+        parts = ray.get([lrn.compute_logprobs.remote(batch.rank_rows(r, world), ref)
                          for r, lrn in enumerate(self.pools.learners)])
         lp = torch.zeros_like(batch.advantages)
         ent = torch.zeros_like(batch.advantages)
@@ -398,16 +398,3 @@ class TrainingLoop:
         self.ahead.close()
         self.pools.kill()
 
-
-def _split(batch: PromptBatch, k: int) -> list[PromptBatch]:
-    """Contiguous request shards, one per rollout worker. A group spread over several
-    requests (Prefix-RFT) may straddle two shards: advantages run after the join."""
-    size = -(-len(batch.prompts) // k)
-    return [PromptBatch(prompts=batch.prompts[i:i + size], prefix_ids=batch.prefix_ids[i:i + size],
-                        group_id=batch.group_id[i:i + size], n=batch.n)
-            for i in range(0, k * size, size)]
-
-
-def _rows(batch: TrainBatch, rank: int, world: int) -> TrainBatch:
-    """Rank `rank`'s data-parallel shard: rows rank, rank+world, ..."""
-    return batch if world == 1 else batch.select(slice(rank, None, world))

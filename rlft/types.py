@@ -60,6 +60,14 @@ class PromptBatch:
         if self.n < 1:
             raise ValueError(f"PromptBatch.n must be >= 1, got {self.n}")
 
+    def shards(self, k: int) -> list[PromptBatch]:
+        """Contiguous request shards, one per rollout worker. A group spread over several
+        requests (Prefix-RFT) may straddle two shards: advantages run after the join."""
+        size = -(-len(self.prompts) // k)
+        return [PromptBatch(prompts=self.prompts[i:i + size], prefix_ids=self.prefix_ids[i:i + size],
+                            group_id=self.group_id[i:i + size], n=self.n)
+                for i in range(0, k * size, size)]
+
     @staticmethod
     def plain(prompts: list[Prompt], n: int, first_group: int = 0) -> PromptBatch:
         """Every prompt its own group, no prefixes."""
@@ -206,6 +214,10 @@ class TrainBatch:
             if isinstance(value, torch.Tensor):
                 changes[name] = value[rows]
         return replace(self, **changes)
+
+    def rank_rows(self, rank: int, world: int) -> TrainBatch:
+        """Rank `rank`'s data-parallel shard: rows rank, rank+world, ..."""
+        return self if world == 1 else self.select(slice(rank, None, world))
 
 
 @dataclass(frozen=True)
