@@ -33,7 +33,8 @@ if [[ -n "$extras" ]] && ! command -v ip >/dev/null; then apt+=(iproute2); fi
 if (( ${#apt[@]} )); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     apt-get install -y -q "${apt[@]}" >/dev/null 2>&1 \
-      || { apt-get update -q >/dev/null && apt-get install -y -q "${apt[@]}" >/dev/null; }
+      || { apt-get update -q >/dev/null && apt-get install -y -q "${apt[@]}" >/dev/null; } \
+      || echo "note: apt-get could not install ${apt[*]}; runs go on without them"
   else
     echo "note: install ${apt[*]} (apt-get, as root) for the lean CPU malloc / the cluster tests"
   fi
