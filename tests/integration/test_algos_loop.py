@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 
 import pytest
-import ray
 import torch
+from loop_helpers import ray_per_module  # noqa: F401 (autouse fixture)
 
 from rlft.algos.chord import expert_count
 from rlft.algos.schedules import chord_mu, prefix_window, select_top_entropy
@@ -83,12 +83,6 @@ def _response(scored, batch) -> torch.Tensor:
 def _metrics(cfg):
     path = Path(cfg.logging.run_dir) / cfg.logging.run_name / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ray():
-    yield
-    ray.shutdown()
 
 
 def test_chord_mixes_expert_rows_and_weights_them_by_mu(tmp_path, tiny_model_path):

@@ -7,9 +7,8 @@ tests/faults/test_async_resume.py.
 
 from pathlib import Path
 
-import pytest
-import ray
 import torch
+from loop_helpers import learner_weights, ray_per_module  # noqa: F401 (autouse fixture)
 
 from rlft.config import load_config
 from rlft.loop import TrainingLoop
@@ -30,24 +29,14 @@ def _cfg(tmp_path, model_path, name, *extra):
     ])
 
 
-def _weights(trainer):
-    return ray.get([lrn.full_state.remote() for lrn in trainer.pools.learners])[0]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ray():
-    yield
-    ray.shutdown()
-
-
 def test_k0_is_the_synchronous_loop_bit_for_bit(tmp_path, tiny_model_path):
     loop = TrainingLoop(_cfg(tmp_path, tiny_model_path, "k0", "train.max_staleness=0"))
     history = [loop.train_step() for _ in range(STEPS)]
-    weights = _weights(loop)
+    weights = learner_weights(loop)
     loop.close()
     cfg = _cfg(tmp_path, tiny_model_path, "sync")
     ref = TrainingLoop(cfg)
-    before = _weights(ref)
+    before = learner_weights(ref)
     losses, rewards = [], []
     for step in range(STEPS):  # rollout -> reward -> advantages -> update -> sync, in turn
         prompts = ref.algo.make_batch(ref.sampler.next_batch(), step, cfg.rollout.n)
@@ -59,7 +48,7 @@ def test_k0_is_the_synchronous_loop_bit_for_bit(tmp_path, tiny_model_path):
         ref.version += 1
         ref.sync_weights()
         ref.step += 1
-    want = _weights(ref)
+    want = learner_weights(ref)
     ref.close()
     assert [m.loss for m in history] == losses
     assert [m.reward_mean for m in history] == rewards

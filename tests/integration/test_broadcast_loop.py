@@ -14,17 +14,12 @@ from pathlib import Path
 import pytest
 import ray
 from engine_check import check_engines_hold_learner_weights
+from loop_helpers import ray_per_module  # noqa: F401 (autouse fixture)
 
 from rlft.config import load_config
 from rlft.loop import TrainingLoop
 
 REWARD = str(Path(__file__).with_name("length_reward.py")) + ":distinct_chars"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ray():
-    yield
-    ray.shutdown()
 
 
 def _cfg(tmp_path, model_path, engine, workers, extra=()):

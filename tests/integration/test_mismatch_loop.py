@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-import ray
 import torch
+from loop_helpers import ray_per_module  # noqa: F401 (autouse fixture)
 
 from rlft.batch.collate import collate
 from rlft.config import load_config
@@ -21,12 +21,6 @@ from rlft.workers.rollout import HFEngine, SamplingParams
 
 REWARD = str(Path(__file__).with_name("length_reward.py")) + ":distinct_chars"
 T = 0.7
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ray():
-    yield
-    ray.shutdown()
 
 
 def _run(tmp_path, model_path, engine, extra=()):

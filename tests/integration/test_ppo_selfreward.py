@@ -6,8 +6,8 @@ import statistics
 from pathlib import Path
 
 import pytest
-import ray
 import torch
+from loop_helpers import ray_per_module  # noqa: F401 (autouse fixture)
 from transformers import AutoModelForCausalLM
 
 from rlft.algos.catalogue import build_algorithm
@@ -22,12 +22,6 @@ from rlft.workers.critic import Critic, CriticParams
 from rlft.workers.self_reward import SelfRewardScorer
 
 REWARD = f"{Path(__file__).with_name('length_reward.py')}:distinct_chars"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ray():
-    yield
-    ray.shutdown()
 
 
 def _rollouts(model_path, responses, group_id) -> Rollouts:

@@ -3,9 +3,9 @@
 import logging
 from pathlib import Path
 
-import pytest
 import ray
 import torch
+from loop_helpers import learner_weights, ray_per_module  # noqa: F401 (autouse fixture)
 
 from rlft.config import load_config
 from rlft.loop import TrainingLoop
@@ -29,16 +29,6 @@ def _malloc(handle) -> str:
     return "tcmalloc" if "libtcmalloc" in maps else "glibc"
 
 
-def _weights(trainer):
-    return ray.get([lrn.full_state.remote() for lrn in trainer.pools.learners])[0]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ray():
-    yield
-    ray.shutdown()
-
-
 def test_loop_trains_checkpoints_and_resumes_bit_identically(tmp_path, tiny_model_path, caplog):
     # A weight-0 json_structure term (rewards unchanged) reads a `schema` that the
     # arithmetic rows lack: the loop says so once, before the workers start.
@@ -53,9 +43,9 @@ def test_loop_trains_checkpoints_and_resumes_bit_identically(tmp_path, tiny_mode
     pools = full.pools
     assert [_malloc(pools.learners[0]), _malloc(pools.rollout[0])] == [want, want]
     assert _malloc(pools.reward) == "glibc"
-    before = _weights(full)
+    before = learner_weights(full)
     history = full.train()
-    after = _weights(full)
+    after = learner_weights(full)
     full.close()
 
     assert [m.step for m in history] == [0, 1, 2, 3]
@@ -80,7 +70,7 @@ def test_loop_trains_checkpoints_and_resumes_bit_identically(tmp_path, tiny_mode
     resumed = TrainingLoop(cfg2, resume="auto")
     assert resumed.step == 2 and resumed.version == 2
     tail = resumed.train()
-    final = _weights(resumed)
+    final = learner_weights(resumed)
     resumed.close()
 
     assert [m.reward_mean for m in tail] == [m.reward_mean for m in history[2:]]

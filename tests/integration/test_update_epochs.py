@@ -7,8 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import ray
 import torch
+from loop_helpers import learner_weights, ray_per_module  # noqa: F401 (autouse fixture)
 
 from rlft.config import load_config
 from rlft.loop import TrainingLoop
@@ -48,19 +48,9 @@ class Recording(TrainingLoop):
         return stats
 
 
-def _weights(trainer):
-    return ray.get([lrn.full_state.remote() for lrn in trainer.pools.learners])[0]
-
-
 def _meta(run, step, part):
     path = run / "checkpoints" / f"step-{step:06d}" / part / "learner.json"
     return json.loads(path.read_text())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ray():
-    yield
-    ray.shutdown()
 
 
 def test_four_updates_per_step_over_whole_groups_with_the_clip_binding(tmp_path,
@@ -68,7 +58,7 @@ def test_four_updates_per_step_over_whole_groups_with_the_clip_binding(tmp_path,
     trainer = Recording(_cfg(tmp_path, tiny_model_path))
     try:
         history = trainer.train()
-        after = _weights(trainer)
+        after = learner_weights(trainer)
     finally:
         trainer.close()
     assert len(trainer.full) == 2 and len(trainer.updates) == 8
@@ -123,7 +113,7 @@ def test_four_updates_per_step_over_whole_groups_with_the_clip_binding(tmp_path,
     try:
         assert resumed.step == 1 and resumed.version == 1
         tail = resumed.train()
-        final = _weights(resumed)
+        final = learner_weights(resumed)
     finally:
         resumed.close()
     assert [m.loss for m in tail] == [m.loss for m in history[1:]]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import ray
 from engine_check import check_engines_hold_learner_weights
+from loop_helpers import ray_per_module  # noqa: F401 (autouse fixture)
 
 from rlft.config import load_config
 from rlft.loop import TrainingLoop
@@ -22,12 +23,6 @@ pytest.importorskip("vllm", reason="vLLM is not installed (CPU: bash launch/inst
                     ".venv/bin/python)")
 
 REWARD = str(Path(__file__).with_name("length_reward.py")) + ":distinct_chars"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ray():
-    yield
-    ray.shutdown()
 
 
 def test_vllm_loop_syncs_the_learners_weights_into_the_engine(tmp_path, tiny_model_path):
