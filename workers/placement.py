@@ -67,18 +67,17 @@ def _loopback_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-# CPU actors' malloc: (library soname, its settings). tcmalloc never hands freed
-# pages back (release rate 0) and coalesces free spans, so an update reuses the
-# last one's pages without first-touching them and without glibc's fragmented
-# heap: the default run's learner held 5.4 GiB under glibc, 4.6 under tcmalloc,
-# at the same update time (benchmarks/bench_memory.py). Its report of single
-# allocations over 1 GiB would only be noise in the logs.
+# CPU actors' malloc: (library, Debian package, its settings). tcmalloc never
+# hands freed pages back (release rate 0) and coalesces free spans, so an update
+# reuses the last one's pages without first-touching them and without glibc's
+# fragmented heap: the default run's learner held 5.4 GiB under glibc, 4.6 under
+# tcmalloc, at the same update time (benchmarks/bench_memory.py). Its report of
+# single allocations over 1 GiB would only be noise in the logs.
 ALLOCATORS = {
-    "tcmalloc": ("tcmalloc_minimal", {"TCMALLOC_RELEASE_RATE": "0",
-                                      "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)}),
-    "jemalloc": ("jemalloc", {}),
+    "tcmalloc": ("tcmalloc_minimal", "libtcmalloc-minimal4",
+                 {"TCMALLOC_RELEASE_RATE": "0", "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)}),
+    "jemalloc": ("jemalloc", "libjemalloc2", {}),
 }
-ALLOCATOR_PACKAGES = "apt-get install libtcmalloc-minimal4 (Debian/Ubuntu)"
 
 
 def allocator_env(name: str) -> dict[str, str]:
@@ -93,14 +92,14 @@ def allocator_env(name: str) -> dict[str, str]:
     """
     if name == "glibc":
         return {}
-    lib, settings = ALLOCATORS["tcmalloc" if name == "auto" else name]
+    lib, package, settings = ALLOCATORS["tcmalloc" if name == "auto" else name]
     found = ctypes.util.find_library(lib)
     if found is None:
         if name == "auto":
             return {}
         raise FileNotFoundError(f"ray.cpu_allocator={name}: lib{lib} is not installed on "
-                                f"this node; install it ({ALLOCATOR_PACKAGES}), or set "
-                                "ray.cpu_allocator=glibc")
+                                f"this node; install it (apt-get install {package} on "
+                                "Debian/Ubuntu), or set ray.cpu_allocator=glibc")
     return {"LD_PRELOAD": found, **settings}
 
 

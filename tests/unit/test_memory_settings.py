@@ -62,7 +62,8 @@ def test_tcmalloc_actors_reuse_freed_memory_too():
 
 
 def test_an_allocator_asked_for_but_missing_names_the_package(monkeypatch):
-    monkeypatch.setitem(placement.ALLOCATORS, "tcmalloc", ("rlft_no_such_malloc", {}))
+    monkeypatch.setitem(placement.ALLOCATORS, "tcmalloc",
+                        ("rlft_no_such_malloc", "libtcmalloc-minimal4", {}))
     assert placement.allocator_env("auto") == {}  # auto: glibc, quietly
     with pytest.raises(FileNotFoundError, match="librlft_no_such_malloc is not installed.*"
                        "apt-get install libtcmalloc-minimal4.*ray.cpu_allocator=glibc"):
