@@ -71,8 +71,9 @@ def _loopback_only() -> None:
 # hands freed pages back (release rate 0) and coalesces free spans, so an update
 # reuses the last one's pages without first-touching them and without glibc's
 # fragmented heap: the default run's learner held 5.4 GiB under glibc, 4.6 under
-# tcmalloc, at the same update time (benchmarks/bench_memory.py). Its report of
-# single allocations over 1 GiB would only be noise in the logs.
+# tcmalloc (both at 1024-token micro-batches), at the same update time
+# (benchmarks/bench_memory.py). Its report of single allocations over 1 GiB
+# would only be noise in the logs.
 ALLOCATORS = {
     "tcmalloc": ("tcmalloc_minimal", "libtcmalloc-minimal4",
                  {"TCMALLOC_RELEASE_RATE": "0", "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)}),
