@@ -14,21 +14,27 @@ import torch
 
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference: log p(label) and entropy from full logits, in fp32.
+    """Reference: log p(label) and entropy from full logits, in fp32 (fp64 stays fp64).
 
     [N, V], [N] -> [N], [N]. Materialises everything; use it for checks and
     small vocabularies, `logprobs_from_hidden` in training.
     """
-    logp = torch.log_softmax(logits.float(), dim=-1)  # [N, V]
+    logp = torch.log_softmax(logits.to(_math_dtype(logits.dtype)), dim=-1)  # [N, V]
     picked = logp.gather(-1, labels[:, None]).squeeze(-1)  # [N, 1] -> [N]
     entropy = -(logp.exp() * logp).sum(-1)  # [N, V] -> [N]
     return picked, entropy
 
 
+def _math_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Softmax math is at least fp32; fp64 inputs keep fp64, so tests can compare
+    # two summation orders at a bound far below fp32's rounding.
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _chunk_logits(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     # The matmul runs in the parameters' dtype (an fp32 copy of a bf16 [V, H]
-    # head per chunk would cost more than the logits); softmax math is fp32.
-    return (h @ weight.T).float()  # [c, H] @ [H, V] -> [c, V]
+    # head per chunk would cost more than the logits); softmax math is fp32+.
+    return (h @ weight.T).to(_math_dtype(h.dtype))  # [c, H] @ [H, V] -> [c, V]
 
 
 class _ChunkedLogprobs(torch.autograd.Function):
@@ -36,10 +42,10 @@ class _ChunkedLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, labels, chunk, with_entropy):
-        n = hidden.shape[0]
-        lp = torch.empty(n, dtype=torch.float32, device=hidden.device)  # [N]
-        ent = torch.zeros(n, dtype=torch.float32, device=hidden.device)  # [N]
-        lse = torch.empty(n, dtype=torch.float32, device=hidden.device)  # [N]
+        n, dt = hidden.shape[0], _math_dtype(hidden.dtype)
+        lp = torch.empty(n, dtype=dt, device=hidden.device)  # [N]
+        ent = torch.zeros(n, dtype=dt, device=hidden.device)  # [N]
+        lse = torch.empty(n, dtype=dt, device=hidden.device)  # [N]
         for s in range(0, n, chunk):
             logits = _chunk_logits(hidden[s:s + chunk], weight)  # [c, V]
             c_lse = torch.logsumexp(logits, -1)  # [c]
@@ -59,7 +65,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         g_hidden = torch.zeros_like(hidden) if want_h else None
         # fp32 accumulator: a bf16 sum over thousands of chunks would lose the small terms.
-        g_weight = torch.zeros_like(weight, dtype=torch.float32) if want_w else None
+        g_weight = torch.zeros_like(weight, dtype=_math_dtype(weight.dtype)) if want_w else None
         if (g_lp is None and g_ent is None) or not (want_h or want_w):
             return g_hidden, g_weight, None, None, None
         for s in range(0, hidden.shape[0], ctx.chunk):
@@ -82,19 +88,19 @@ class _ChunkedLogprobs(torch.autograd.Function):
             if g_hidden is not None:
                 g_hidden[e] = grad @ weight  # [c, V] @ [V, H] -> [c, H]
             if g_weight is not None:
-                g_weight += (grad.T @ h).float()  # [V, c] @ [c, H] -> [V, H]
+                g_weight += (grad.T @ h).to(g_weight.dtype)  # [V, c] @ [c, H] -> [V, H]
         return g_hidden, None if g_weight is None else g_weight.to(weight.dtype), None, None, None
 
 
 def logprobs_from_hidden(hidden: torch.Tensor, lm_head_weight: torch.Tensor,
                          labels: torch.Tensor, chunk: int = 1024, with_entropy: bool = True
                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log p(label) and entropy for rows of final hidden states, in fp32.
+    """log p(label) and entropy for rows of final hidden states, in fp32 (fp64 for fp64).
 
     [N, H], [V, H], [N] -> [N], [N] (entropy None when `with_entropy=False`).
     Differentiable w.r.t. `hidden` and `lm_head_weight` (gradients of both
     outputs); values and gradients equal
-    `logprobs_from_logits(hidden @ lm_head_weight.T, labels)` in fp32, while at
+    `logprobs_from_logits(hidden @ lm_head_weight.T, labels)`, while at
     most one [chunk, V] block of logits (plus its probabilities) is alive.
     """
     if hidden.dim() != 2 or lm_head_weight.dim() != 2 or labels.dim() != 1:
