@@ -83,10 +83,12 @@ def process_faults(work: Path, kills: int, steps: int, seed: int) -> list[Row]:
                         ("step", "kill -9 at a random moment")):
         ks = [k for k in run.kills if k.kind == kind]
         if ks:
+            landed = (f"; {sum(k.in_startup for k in ks)} of {len(ks)} before the first step"
+                      if kind == "startup" else "")
             rows.append(Row(label, len(ks), len(ks) * (run.final_code == 0),
                             sum(max(k.steps_done - k.resume_step, 0) for k in ks),
                             sum(len(k.unreadable) for k in ks),
-                            f"{sum(k.stray for k in ks)} stray processes"))
+                            f"{sum(k.stray for k in ks)} stray processes{landed}"))
     rows.append(Row("  -> resumed run vs uninterrupted", 1, int(run.final_code == 0), 0,
                     wrong_resume + int(bool(differ) or got["state"] != want["state"])
                     + len(leaks),

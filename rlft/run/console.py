@@ -42,6 +42,9 @@ WORKER_SETUP = "rlft.run.console.worker_logging"  # Ray's worker_process_setup_h
 SELF_PRINTING = ("ray", "transformers")
 RAY_PRINTER = "ray_print_logs"  # Ray's handler name for worker output
 OURS = "rlft_worker_logs"
+# Opens the console line the wiring prints once Ray is up and the actors start
+# loading: a user sees start-up move on, and tests/faults time start-up kills by it.
+RAY_UP = "Ray is up"
 
 _active: ConsoleRouting | None = None
 

@@ -227,6 +227,11 @@ def build_pools(cfg: Config, algo: Algorithm, longest_prompt: int | None = None)
     env = {} if gpus else malloc
     engine = engine_name(cfg)
     world, n_roll = cfg.train.learner_workers, cfg.rollout.num_workers
+    # The console's sign that start-up has reached the actors (the loading takes
+    # longest); tests/faults kill runs here.
+    log.info("%s (%s); starting %d rollout worker(s) (%s engine) and %d learner rank(s)%s, "
+             "loading %s", console.RAY_UP, ray.get_runtime_context().gcs_address, n_roll,
+             engine, world, " with critics" if algo.critic_terms else "", model)
     # Colocated on GPUs: learner rank i, its rollout workers (j % world == i), its
     # critic rank and (bundle 0) the self-reward actor share bundle i's GPU.
     shared = bool(gpus) and cfg.rollout.mode == "colocated"

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from rlft.run import checkpoint
+from rlft.run import checkpoint, console
 
 ROOT = Path(__file__).resolve().parents[2]
 REWARD = f"{ROOT / 'tests' / 'integration' / 'length_reward.py'}:distinct_chars"
@@ -208,6 +208,7 @@ class Kill:
     resume_step: int  # step of the newest complete checkpoint it left
     stray: int  # run processes still alive 30 s after the kill
     unreadable: list[str]  # complete checkpoints that did not load whole
+    in_startup: bool = False  # it landed before the launch restored or finished anything
 
 
 @dataclass
@@ -284,10 +285,14 @@ def run_with_kills(work: Path, data: Path, steps: int, plan: list[str], rng,
             time.sleep(rng.uniform(0.0, 0.25))  # a step takes 0.3-1 s here
         else:  # start-up: Ray is up, the actors load the model (or the last checkpoint)
             kind = "startup"
-            wait_for(lambda f=log: "Started a local Ray instance" in f.read_text(errors="replace"),
+            wait_for(lambda f=log: console.RAY_UP in f.read_text(errors="replace"),
                      timeout, launch)
             time.sleep(rng.uniform(0.0, 3.0))
         done = steps_done(logged, _text(run_dir / "run" / "metrics.jsonl"), start_step)
+        # A start-up kill must land before the launch's first step: nothing of it
+        # logged or saved, and no "resumed from" line yet when it restores one.
+        early = (done == start_step and checkpoint.latest(ckpts) == start
+                 and not resumed_from(log.read_text(errors="replace")))
         stray = launch.kill()
         latest = checkpoint.latest(ckpts)
         unreadable = []
@@ -297,7 +302,7 @@ def run_with_kills(work: Path, data: Path, steps: int, plan: list[str], rng,
             except Exception as exc:  # noqa: BLE001  (counted and reported, not hidden)
                 unreadable.append(f"{ckpt.name}: {exc!r}")
         kills.append(Kill(kind, done, 0 if latest is None else int(latest.name.split("-")[1]),
-                          stray, unreadable))
+                          stray, unreadable, in_startup=early))
     resumed = [(resumed_from(log.read_text(errors="replace")) or [None])[0] for log in logs]
     return FaultedRun(run_dir / "run", logs, kills, code, list(zip(starts, resumed)))
 
