@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up rlft for CPU in ./.venv (idempotent). Usage: bash launch/setup.sh [--dev]
-#   --dev  also installs the test/lint tools.
+#   --dev  also installs the test/lint tools and the envs extra (reasoning-gym).
 # vLLM's CPU build is installed too (the default rollout engine where it
 # imports); RLFT_NO_VLLM=1 skips it and runs use the transformers engine.
 # GPU machines: pip install -e ".[vllm]" into an environment that already has

@@ -20,7 +20,8 @@ from rlft.registry import Registry
 REWARDS: Registry[Callable[..., Any]] = Registry("reward")
 # Row fields a reward reads: names, inner tuples of alternatives, or a function of its kwargs.
 Reads = tuple[str | tuple[str, ...], ...] | Callable[..., tuple]
-BUILTIN_MODULES = ("accuracy", "format", "json_structure", "tool_call", "cosine")
+BUILTIN_MODULES = ("accuracy", "format", "json_structure", "tool_call", "cosine",
+                   "reasoning_gym", "state_match")
 
 
 class InvalidReward(ValueError):

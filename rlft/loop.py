@@ -44,8 +44,8 @@ from rlft.run.stages import run_stages
 from rlft.run.tracking import make_sinks
 from rlft.run.wiring import build_pools, build_prompts_for, build_weight_sync, sampling_params
 from rlft.types import Prompt, PromptBatch, Rollouts, ScoredRollouts, StepMetrics, TrainBatch
+from rlft.workers.episodes import turn_metrics
 from rlft.workers.rollout import SamplingParams
-from rlft.workers.turns import tool_metrics
 
 log = logging.getLogger("rlft")
 
@@ -390,7 +390,7 @@ class TrainingLoop:
                    **{k: v for k, v in stats.metrics.items()
                       if k.startswith("mismatch/") or k.endswith(("/is_weight", "/is_dropped"))},
                    **flat_group_metrics(scored),  # groups that scored alike
-                   **tool_metrics(ro),  # multi-turn rollouts (rollout.tools): turns, calls
+                   **turn_metrics(ro, comps),  # multi-turn: turns, calls, env/* (rollout.env)
                    **self.algo.step_metrics(step), **(extra or {})},
         )
 

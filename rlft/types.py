@@ -80,6 +80,16 @@ class PromptBatch:
 
 
 @dataclass(frozen=True)
+class EpisodeEnd:
+    """How one sample's environment episode ended (`rollout.env`)."""
+
+    state: Any = None  # the environment's end state, as JSON (None: lost with its process)
+    reward: float | None = None  # the sum of the rewards its `step` returned, if any
+    steps: int = 0  # environment steps taken
+    error: str = ""  # why the environment failed, if it did
+
+
+@dataclass(frozen=True)
 class Rollouts:
     """Samples from one policy version, one entry per sample (B = requests·n).
 
@@ -105,6 +115,7 @@ class Rollouts:
     model_mask: tuple[tuple[bool, ...], ...] = ()  # per response token: sampled by the model
     conversation: tuple[tuple[Mapping[str, Any], ...], ...] = ()  # messages after the prompt
     tool_seconds: float = 0.0  # wall time spent in tool calls
+    episodes: tuple[EpisodeEnd | None, ...] = ()  # rollout.env: how each sample's episode ended
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -145,6 +156,7 @@ class Rollouts:
                 (True,) * len(r) for r in p.response_ids)),
             conversation=_joined(parts, "conversation", lambda p: ((),) * len(p)),
             tool_seconds=sum(p.tool_seconds for p in parts),
+            episodes=_joined(parts, "episodes", lambda p: (None,) * len(p)),
         )
 
 

@@ -123,9 +123,11 @@ class RewardService:
         start = time.perf_counter()
         # Multi-turn: the completion is the final answer; `conversation` (messages, calls,
         # tool results) reaches every reward as a keyword, beside the row's fields.
-        talk = rollouts.conversation
+        # With rollout.env, the episode's end state too (`state`, None if it was lost).
+        talk, ends = rollouts.conversation, rollouts.episodes
         items = [Item(b, rollouts.response_text[b], rollouts.row(b).text,
-                      {**rollouts.row(b).fields, **({"conversation": list(talk[b])} if talk else {})})
+                      {**rollouts.row(b).fields, **({"conversation": list(talk[b])} if talk else {}),
+                       **({"state": ends[b].state} if ends and ends[b] is not None else {})})
                  for b in range(len(rollouts))]
         results = self.outcomes(items)
         scored = self._assemble(rollouts, results, time.perf_counter() - start)
@@ -353,6 +355,10 @@ class RewardService:
                 self._log_first(label, out.kind, ro.row(b).uid, out.message)
                 continue
             totals = [t.weight * o.total for t, o in zip(self.terms, outs) if o.total is not None]
+            end = ro.episodes[b] if ro.episodes else None
+            if end is not None and end.reward is not None:  # what the environment's step gave
+                _put(comps, "env", b, B, end.reward)
+                totals.append(end.reward)
             if totals:
                 rewards[b] = math.fsum(totals)
         failures = RewardFailures(**counts)

@@ -31,11 +31,13 @@ from transformers import (
 )
 
 from rlft.algos.logprobs import logprobs_from_hidden
+from rlft.envs.host import EnvSettings
 from rlft.models import load_tokenizer, resolve_model
 from rlft.registry import Registry
 from rlft.types import PromptBatch, Rollouts
+from rlft.workers.episodes import EnvTurns
 from rlft.workers.tools import ToolSettings
-from rlft.workers.turns import ToolTurns
+from rlft.workers.turns import ToolTurns, TurnLimits
 from rlft.workers.weight_sync import GROUPS, SyncGroup, WeightUpdate, iter_update
 
 
@@ -311,7 +313,8 @@ class RolloutWorker:
     """
 
     def __init__(self, engine: str = "hf", model_path: str = "", seed: int = 0,
-                 tools: ToolSettings | None = None, **engine_kwargs: Any) -> None:
+                 tools: ToolSettings | None = None, environment: EnvSettings | None = None,
+                 **engine_kwargs: Any) -> None:
         if not model_path:
             raise ValueError("RolloutWorker needs model_path (a folder, or a name for "
                              "rlft.models.resolve_model)")
@@ -321,11 +324,16 @@ class RolloutWorker:
         self.engine: RolloutEngine = _engine_class(engine)(folder, seed=seed, **engine_kwargs)
         self.asleep = False
         self._group: SyncGroup | None = None  # for "nccl" updates into an in-process engine
-        self._turns = ToolTurns(tools, load_tokenizer(folder)) if tools and tools.refs else None
+        self._turns: ToolTurns | EnvTurns | None = None
+        if tools and tools.refs:
+            self._turns = ToolTurns(tools, load_tokenizer(folder))
+        elif environment is not None:  # episodes in an environment (rollout.env)
+            limits = TurnLimits(environment.max_turns, environment.max_total_tokens)
+            self._turns = EnvTurns(environment, limits, load_tokenizer(folder))
 
     def generate(self, batch: PromptBatch, params: SamplingParams) -> Rollouts:
         self._check_awake("generate")
-        if self._turns is not None:  # multi-turn with tools (rollout.tools)
+        if self._turns is not None:  # multi-turn: rollout.tools or rollout.env
             return self._turns.generate(self.engine, batch, params)
         return self.engine.generate(batch, params)
 

@@ -40,6 +40,16 @@ class ToolExecutor(Protocol):
     def run(self, requests: Sequence[ToolRequest]) -> list[ToolResult]: ...
 
 
+class Responder(Protocol):
+    """What answers a model turn: tools (`ToolResponder`) or an environment
+    (`rlft.workers.episodes.EnvResponder`)."""
+
+    def respond(self, trajs: list[Trajectory], tok: Any, limits: TurnLimits) -> None:
+        """Every trajectory here just took a model turn and is not finished: append
+        the answer to it (`append`), or finish it."""
+        ...
+
+
 @dataclass
 class Trajectory:
     """One sample across all its turns. `ids`, `model_mask`, `logprobs` align token for token."""
@@ -57,6 +67,10 @@ class Trajectory:
     tool_errors: int = 0
     finish_reason: str = ""  # "" while it goes on; then "stop" | "length"
     pending: list[ToolRequest] = field(default_factory=list, repr=False)  # this turn's calls
+    episode: int = -1  # rollout.env: the environment episode it plays
+    env_reward: float | None = None  # the sum of the rewards its environment returned
+    env_state: Any = None  # its environment's end state (JSON)
+    env_steps: int = 0
 
     @property
     def answer(self) -> str:
@@ -96,14 +110,30 @@ class TurnLimits:
 
 def run_turns(engine: Any, tok: Any, batch: PromptBatch, params: Any, tools: ToolExecutor,
               glue: ChatGlue, limits: TurnLimits) -> list[Trajectory]:
-    """Every sample of `batch` (`batch.n` per prompt) to its end; see the module docstring."""
-    params = replace(params, max_new_tokens=min(params.max_new_tokens, limits.max_total_tokens))
+    """Every sample of `batch` (`batch.n` per prompt) to its end with `tools`; see the
+    module docstring."""
+    params = capped(params, limits)
     first = engine.generate(batch, params)
     trajs = [Trajectory(first.prompt_index[b], first.group_id[b], first.prompt_ids[b],
                          first.prefix_len[b]) for b in range(len(first))]
+    return continue_turns(engine, tok, batch, params, trajs, first,
+                          ToolResponder(tools, glue), limits)
+
+
+def capped(params: Any, limits: TurnLimits) -> Any:
+    return replace(params, max_new_tokens=min(params.max_new_tokens, limits.max_total_tokens))
+
+
+def continue_turns(engine: Any, tok: Any, batch: PromptBatch, params: Any,
+                   trajs: list[Trajectory], first: Rollouts, responder: Responder,
+                   limits: TurnLimits) -> list[Trajectory]:
+    """Take the first turn `first` into `trajs`, then alternate `responder` and one
+    `generate` for every unfinished trajectory until all have finished."""
     _take_turn(trajs, range(len(trajs)), first, tok, limits)
     while True:
-        _call_tools(trajs, tok, tools, glue, limits)
+        waiting = [t for t in trajs if not t.finish_reason]
+        if waiting:
+            responder.respond(waiting, tok, limits)
         live = [i for i, t in enumerate(trajs) if not t.finish_reason]
         if not live:
             return trajs
@@ -122,7 +152,8 @@ def run_turns(engine: Any, tok: Any, batch: PromptBatch, params: Any, tools: Too
 
 def _take_turn(trajs: list[Trajectory], which: Sequence[int], out: Rollouts, tok: Any,
                limits: TurnLimits) -> None:
-    """Append each sample's new model turn (cut to its token budget)."""
+    """Append each sample's new model turn (cut to its token budget); the turn's
+    calls wait in `pending` for the responder."""
     for k, i in enumerate(which):
         t = trajs[i]
         room = limits.max_total_tokens - len(t.ids)
@@ -139,31 +170,48 @@ def _take_turn(trajs: list[Trajectory], which: Sequence[int], out: Rollouts, tok
                                           for c in calls if not c.error]})
         if cut or out.finish_reason[k] == "length":
             t.finish_reason = "length"
-        elif not calls or t.turns >= limits.max_turns:
+        elif t.turns >= limits.max_turns:
             t.finish_reason = "stop"
         t.pending = [] if t.finish_reason else calls
 
 
-def _call_tools(trajs: list[Trajectory], tok: Any, tools: ToolExecutor, glue: ChatGlue,
-                limits: TurnLimits) -> None:
-    """Run every pending call of the batch in one `tools.run`, then append each tool turn."""
-    waiting = [t for t in trajs if t.pending]
-    results = tools.run([r for t in waiting for r in t.pending]) if waiting else []
-    for t in waiting:
-        calls, t.pending = t.pending, []
-        mine, results = results[:len(calls)], results[len(calls):]
-        t.tool_calls += sum(1 for c in calls if not c.error)
-        t.tool_errors += sum(1 for r in mine if not r.ok)
-        end = tok.decode(t.ids[-1:], skip_special_tokens=False)
-        ids = glue.ids(mine, end)
-        if len(t.ids) + len(ids) >= limits.max_total_tokens:
-            t.finish_reason = "length"  # no room for the results and a turn after them
-            continue
-        t.ids += ids
-        t.model_mask += [False] * len(ids)
-        t.logprobs += [0.0] * len(ids)
-        t.messages += [{"role": "tool", "name": r.name, "content": r.content, "ok": r.ok}
-                       for r in mine]
+def append(t: Trajectory, messages: list[dict], glue: ChatGlue, tok: Any,
+           limits: TurnLimits) -> None:
+    """Append messages (tool results, a user turn) after `t`'s model turn, as the
+    template's glue; with no room for them and a turn after, `t` ends ("length")."""
+    end = tok.decode(t.ids[-1:], skip_special_tokens=False)
+    ids = glue.message_ids([{k: m[k] for k in ("role", "name", "content") if k in m}
+                            for m in messages], end)
+    if len(t.ids) + len(ids) >= limits.max_total_tokens:
+        t.finish_reason = "length"
+        return
+    t.ids += ids
+    t.model_mask += [False] * len(ids)
+    t.logprobs += [0.0] * len(ids)
+    t.messages += messages
+
+
+@dataclass
+class ToolResponder:
+    """Stateless tools (`rollout.tools`): run every pending call of the batch in one
+    `tools.run`; a turn without a call is the answer and ends its trajectory."""
+
+    tools: ToolExecutor
+    glue: ChatGlue
+
+    def respond(self, trajs: list[Trajectory], tok: Any, limits: TurnLimits) -> None:
+        for t in trajs:
+            if not t.pending:
+                t.finish_reason = "stop"
+        waiting = [t for t in trajs if t.pending]
+        results = self.tools.run([r for t in waiting for r in t.pending]) if waiting else []
+        for t in waiting:
+            calls, t.pending = t.pending, []
+            mine, results = results[:len(calls)], results[len(calls):]
+            t.tool_calls += sum(1 for c in calls if not c.error)
+            t.tool_errors += sum(1 for r in mine if not r.ok)
+            append(t, [{"role": "tool", "name": r.name, "content": r.content, "ok": r.ok}
+                       for r in mine], self.glue, tok, limits)
 
 
 def to_rollouts(trajs: Sequence[Trajectory], batch: PromptBatch, version: int,

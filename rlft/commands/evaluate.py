@@ -39,7 +39,8 @@ from rlft.config import Config, load_config
 from rlft.models import resolve_model
 from rlft.rewards.base import RewardTerm
 from rlft.run.preflight import check_run
-from rlft.run.wiring import build_prompts_for, engine_name, sampling_params, tool_settings
+from rlft.run.turn_settings import tool_settings
+from rlft.run.wiring import build_prompts_for, engine_name, sampling_params
 from rlft.types import Prompt, PromptBatch, Rollouts, ScoredRollouts
 from rlft.workers.reward import RewardService
 from rlft.workers.rollout import RolloutWorker, SamplingParams

@@ -50,6 +50,7 @@ from rlft.types import Rollouts
 
 EPILOG = """examples:
   rlft reward check accuracy --data builtin:arithmetic --limit 5
+  rlft reward check reasoning_gym --data reasoning_gym:leg_counting --limit 5
   rlft reward check my_rewards.py:fn format --data rows.jsonl --completions out.jsonl
   rlft reward check tool_call --data tools.jsonl --completions c.jsonl \\
       "data.field_map={reference_call: answer}"      # any data.* setting, as rlft train takes it
@@ -83,7 +84,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         "overrides as rlft train takes them, e.g. data.field_map={gold: answer}")
     p.add_argument("--config", default=None, help="a run config YAML: its data.* settings "
                    "apply, and its reward.terms when no REWARD is named")
-    p.add_argument("--data", default=None, help="FILE, FOLDER or builtin:TASK (data.source)")
+    p.add_argument("--data", default=None,
+                   help="FILE, FOLDER, builtin:TASK or reasoning_gym:TASK (data.source)")
     p.add_argument("--completions", default=None,
                    help="JSON lines with a 'completion' field, line i for row i (default: each "
                         "row's 'demonstration')")

@@ -56,7 +56,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     source: str = doc("builtin:arithmetic", "Training data: builtin:<task> (arithmetic, json_extract, "
-                      "tool_call), a .jsonl/.json/.parquet file or folder, or a hub dataset name.")
+                      "tool_call), reasoning_gym:<task>[?size=N&eval_size=M&seed=S], a "
+                      ".jsonl/.json/.parquet file or folder, or a hub dataset name.")
     train_split: str = doc("train", "Split used for training.")
     eval_split: str = doc("eval", "Held-out split used by evaluation.")
     prompt_field: str = doc("prompt", "Column holding the prompt (a string or chat messages).")
@@ -82,9 +83,15 @@ class RolloutConfig:
                       "(calculator, lookup) or import paths (tools.py:fn). Empty: single-turn. "
                       "A turn calling <tool_call>{...}</tool_call> gets the results as tool "
                       "messages and generation goes on (workers/turns.py).")
-    max_turns: int = doc(4, "With rollout.tools: model turns per sample at most.", lo=1)
-    max_total_tokens: int = doc(256, "With rollout.tools: tokens after the prompt at most, all "
-                                "turns and tool messages together (each turn is also capped at "
+    env: str = doc("", "Stateful environment (rlft/envs): bank, or env.py:Class; a fresh "
+                   "instance per sample from the row's env_args, in isolated processes.")
+    env_timeout_s: float = doc(10.0, "With rollout.env: time limit per environment call.",
+                               lo=0.001)
+    env_memory_mb: int = doc(1024, "With rollout.env: memory cap per environment process.", lo=16)
+    env_workers: int = doc(2, "With rollout.env: environment processes per rollout worker.", lo=1)
+    max_turns: int = doc(4, "With rollout.tools or env: model turns per sample at most.", lo=1)
+    max_total_tokens: int = doc(256, "With rollout.tools or rollout.env: tokens after the "
+                                "prompt at most, all turns and tool/user messages together (each turn is also capped at "
                                 "rollout.max_new_tokens).", lo=1)
     tool_timeout_s: float = doc(10.0, "With rollout.tools: time limit per tool call; a call "
                                 "past it becomes an error message the model reads.", lo=0.001)

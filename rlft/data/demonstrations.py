@@ -81,6 +81,9 @@ def demonstration_tokens(prompt: Prompt, tokenizer: Any) -> DemoTokens:
         if m["role"] == "tool":
             waiting.append({"role": "tool", "name": m.get("name", ""), "content": m["content"]})
             continue
+        if m["role"] == "user":  # a later user turn (rollout.env rows): masked, as tool results
+            waiting.append({"role": "user", "content": m["content"]})
+            continue
         if waiting:
             more = glue.message_ids(waiting, end)
             ids, mask, waiting = ids + more, mask + [False] * len(more), []
@@ -90,18 +93,19 @@ def demonstration_tokens(prompt: Prompt, tokenizer: Any) -> DemoTokens:
 
 
 def _turns(prompt: Prompt, turns: Any) -> list[dict]:
-    """The row's `demonstration_turns` (JSON text or a list), checked: assistant and tool
-    messages with text, starting and ending with the assistant, tool messages between
-    any two assistant turns."""
+    """The row's `demonstration_turns` (JSON text or a list), checked: assistant, tool
+    and user messages with text, starting and ending with the assistant, tool or user
+    messages between any two assistant turns."""
     fix = ("give `demonstration_turns` as a JSON list of messages: an assistant turn, the "
-           "tool messages for its calls, ..., the final assistant answer")
+           "tool messages for its calls (or the user's next turn), ..., the final assistant "
+           "answer")
     try:
         turns = json.loads(turns) if isinstance(turns, str) else turns
     except json.JSONDecodeError as exc:
         raise ValueError(f"row {prompt.uid}: `demonstration_turns` is not JSON ({exc}); {fix}") \
             from exc
     ok = isinstance(turns, list) and bool(turns) and all(
-        isinstance(m, dict) and m.get("role") in ("assistant", "tool")
+        isinstance(m, dict) and m.get("role") in ("assistant", "tool", "user")
         and isinstance(m.get("content"), str) for m in turns)
     ok = ok and turns[0]["role"] == turns[-1]["role"] == "assistant" and not any(
         a["role"] == b["role"] == "assistant" for a, b in zip(turns, turns[1:]))

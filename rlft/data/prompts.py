@@ -27,7 +27,7 @@ from typing import Any
 
 from rlft.types import Prompt
 
-JSON_FIELDS = ("schema", "tools")
+JSON_FIELDS = ("schema", "tools", "env_args", "reference_calls")  # objects of differing shapes
 BAD_ROW_CHOICES = ("error", "skip")
 
 

@@ -3,6 +3,9 @@
 Sources, resolved in this order:
 - `builtin:<task>`: a task generated in code (rlft/data/tasks: arithmetic,
   json_extract, tool_call), splits `train` and `eval`.
+- `reasoning_gym:<task>[?size=N&eval_size=M&seed=S]`: a task of the optional
+  reasoning-gym library (rlft/data/reasoning_gym.py), splits `train` and
+  `eval`; score it with the `reasoning_gym` reward.
 - a local file `.jsonl`, `.json` (an array of objects, or JSON lines) or
   `.parquet`: the whole file, whatever split is asked for. Give a folder to
   have separate splits.
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import datasets
 
+from rlft.data import reasoning_gym
 from rlft.data.prompts import JSON_FIELDS
 from rlft.registry import RegistryError
 
@@ -33,6 +37,8 @@ def load_rows(source: str, split: str) -> datasets.Dataset:
     """The rows of one split of `source` (see the module docstring)."""
     if source.startswith("builtin:"):
         ds = _builtin(source, split)
+    elif source.startswith(reasoning_gym.PREFIX):
+        ds = datasets.Dataset.from_list(reasoning_gym.build_rows(source, split))
     else:
         path = _local_path(source, split)
         ds = _local_file(path, source) if path else _hub(source, split)
@@ -44,9 +50,10 @@ def load_rows(source: str, split: str) -> datasets.Dataset:
 
 def check_source(source: str, split: str) -> None:
     """The errors `load_rows` would raise for a missing or unusable source, found
-    without reading it: an unknown built-in task, a path that does not exist, a
-    folder without the split's file, an empty or unsupported file. A hub dataset
-    name is left to `load_rows`.
+    without reading it: an unknown built-in or reasoning-gym task (or no
+    reasoning-gym installed), a path that does not exist, a folder without the
+    split's file, an empty or unsupported file. A hub dataset name is left to
+    `load_rows`.
 
     >>> check_source("builtin:arithmetic", "train")
     >>> check_source("no/such/rows.jsonl", "train")
@@ -56,6 +63,9 @@ def check_source(source: str, split: str) -> None:
     """
     if source.startswith("builtin:"):
         _task(source)
+        return
+    if source.startswith(reasoning_gym.PREFIX):
+        reasoning_gym.check_task(source, split)
         return
     path = _local_path(source, split)
     if path is not None:

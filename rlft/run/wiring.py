@@ -19,8 +19,8 @@ from rlft.registry import RegistryError
 from rlft.rewards.base import RewardTerm, load_term
 from rlft.run import console
 from rlft.run.resources import Demand, check_fits, cluster_nodes, custom
+from rlft.run.turn_settings import env_settings, tool_settings, with_env_tools
 from rlft.run.weight_push import WeightSync
-from rlft.tools.base import load_tools
 from rlft.workers.critic import Critic, CriticParams
 from rlft.workers.learner import Learner, LearnerParams, LoraParams
 from rlft.workers.placement import (
@@ -37,7 +37,6 @@ from rlft.workers.placement import (
 from rlft.workers.reward import RewardService
 from rlft.workers.rollout import RolloutWorker, SamplingParams
 from rlft.workers.self_reward import SelfRewardScorer
-from rlft.workers.tools import ToolSettings
 
 log = logging.getLogger("rlft")
 
@@ -105,7 +104,7 @@ def engine_kwargs(cfg: Config, engine: str, gpu: bool = False, engines_per_gpu: 
         return dict(dtype=dtype, tensor_parallel_size=r.tensor_parallel_size,
                     kv_cache_gb=r.kv_cache_gb,
                     kv_cache_shape=(together, prompt + (
-                        r.max_total_tokens if r.tools else r.max_new_tokens)),
+                        r.max_total_tokens if r.tools or r.env else r.max_new_tokens)),
                     gpu_memory_utilization=r.gpu_memory_utilization / engines_per_gpu,
                     sleep_mode=r.mode == "colocated",
                     # CPU: engine core and worker inside the rollout actor (two
@@ -191,7 +190,7 @@ def build_prompts_for(cfg: Config, split: str | None = None) -> tuple[PromptSamp
     d = cfg.data
     tokenizer = load_tokenizer(cfg.model.name)
     split = split or d.train_split
-    rows = load_rows(d.source, split)
+    rows = with_env_tools(cfg, load_rows(d.source, split))
     prompt_set = build_prompts(rows, tokenizer, prompt_field=d.prompt_field,
                                field_map=d.field_map, system_prompt=d.system_prompt,
                                max_prompt_tokens=d.max_prompt_tokens, on_bad_row=d.on_bad_row,
@@ -240,6 +239,8 @@ def build_pools(cfg: Config, algo: Algorithm, longest_prompt: int | None = None)
                                 longest_prompt)
     if cfg.rollout.tools:  # multi-turn rollouts (workers/turns.py)
         roll_kwargs["tools"] = tool_settings(cfg)
+    if cfg.rollout.env:  # episodes in an environment (workers/episodes.py)
+        roll_kwargs["environment"] = env_settings(cfg)
     weight_transport(cfg, gpus)  # fails on a broadcast transport that cannot work
     lres = custom(cfg.ray.learner_resources, "ray.learner_resources")
     rres = custom(cfg.ray.rollout_resources, "ray.rollout_resources")
@@ -353,25 +354,16 @@ def reward_terms(cfg: Config) -> list[RewardTerm]:
     actor resolves them again in its own process)."""
     terms = []
     for i, t in enumerate(cfg.reward.terms):
+        kwargs = dict(t.kwargs)
+        if t.name == "state_match" and cfg.rollout.env:  # it replays on the run's environment
+            kwargs.setdefault("env", cfg.rollout.env)
         try:
-            term = RewardTerm(t.name, t.weight, dict(t.kwargs))
+            term = RewardTerm(t.name, t.weight, kwargs)
             load_term(term)
         except (RegistryError, TypeError, ValueError) as exc:
             raise ConfigError(f"reward.terms[{i}] ({t.name!r}): {exc}") from exc
         terms.append(term)
     return terms
-
-
-def tool_settings(cfg: Config) -> ToolSettings:
-    """`rollout.tools` and its limits for the rollout workers; a tool that cannot be
-    loaded (name, path, type hints) fails here, before any actor starts."""
-    r = cfg.rollout
-    try:
-        load_tools(list(r.tools))
-    except (RegistryError, TypeError, ValueError) as exc:
-        raise ConfigError(f"rollout.tools: {exc}") from exc
-    return ToolSettings(tuple(r.tools), r.max_turns, r.max_total_tokens, r.tool_timeout_s,
-                        r.tool_max_chars)
 
 
 def _check_context(cfg: Config, longest_prompt: int) -> None:
@@ -381,7 +373,7 @@ def _check_context(cfg: Config, longest_prompt: int) -> None:
 
     limit = getattr(AutoConfig.from_pretrained(resolve_model(cfg.model.name)),
                     "max_position_embeddings", None)
-    cap = "max_total_tokens" if cfg.rollout.tools else "max_new_tokens"
+    cap = "max_total_tokens" if cfg.rollout.tools or cfg.rollout.env else "max_new_tokens"
     need = longest_prompt + getattr(cfg.rollout, cap)
     if limit is not None and need > limit:
         raise ConfigError(

@@ -81,8 +81,9 @@ def load_tools(refs: list[str] | tuple[str, ...]) -> list[ToolSpec]:
     return specs
 
 
-def schema_of(fn: Callable[..., Any]) -> dict[str, Any]:
-    """The OpenAI function schema of `fn`, from its type hints and docstring.
+def schema_of(fn: Callable[..., Any], skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The OpenAI function schema of `fn`, from its type hints and docstring;
+    `skip`: parameters the model does not fill (a method's `self`).
 
     >>> def add(a: int, b: int = 0) -> int:
     ...     '''Add two numbers.
@@ -100,7 +101,7 @@ def schema_of(fn: Callable[..., Any]) -> dict[str, Any]:
     props: dict[str, Any] = {}
     required = []
     for pname, p in inspect.signature(fn).parameters.items():
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or pname in skip:
             continue
         if pname not in hints:
             raise TypeError(f"tool {fn.__name__!r}: argument {pname!r} has no type hint; "

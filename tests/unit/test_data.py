@@ -97,7 +97,7 @@ def test_load_rows_builtin(tmp_path):
     assert len(ds) == 200
     first = TASKS.get("json_extract")("eval")[0]
     assert json.loads(ds[0]["schema"]) == first["schema"]  # stored as a JSON string
-    with pytest.raises(ValueError, match=r"builtin:arith.*Valid names: arithmetic, json_extract"):
+    with pytest.raises(ValueError, match=r"builtin:arith.*Valid names: arithmetic, bank, json_extract"):
         load_rows("builtin:arith", "train")
     with pytest.raises(ValueError, match="splits train, eval, not 'validation'"):
         load_rows("builtin:arithmetic", "validation")

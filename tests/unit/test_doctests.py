@@ -8,8 +8,8 @@ import pkgutil
 
 import pytest
 
-# Modules whose import needs a package CPU installs may lack run where it imports.
-OPTIONAL = {"rlft.workers.vllm_engine": "vllm"}
+# Modules whose import or examples need a package an install may lack run where it imports.
+OPTIONAL = {"rlft.workers.vllm_engine": "vllm", "rlft.rewards.reasoning_gym": "reasoning_gym"}
 
 
 def _modules() -> list[str]:
@@ -40,6 +40,7 @@ def test_docstring_examples(name):
 
 def test_the_reward_modules_keep_their_examples():
     """Each built-in reward documents itself with a runnable example."""
-    for name in ("base", "accuracy", "format", "json_structure", "tool_call", "jsontext", "cosine"):
+    for name in ("base", "accuracy", "format", "json_structure", "tool_call", "jsontext", "cosine",
+                 "reasoning_gym"):
         module = importlib.import_module(f"rlft.rewards.{name}")
         assert doctest.testmod(module).attempted > 0, f"rlft.rewards.{name} has no >>> example"

@@ -95,7 +95,7 @@ def test_failures_become_messages_and_the_runner_goes_on(user_tools):
 
 def test_config_keys_reach_the_rollout_workers(user_tools):
     from rlft.config import ConfigError, load_config
-    from rlft.run.wiring import tool_settings
+    from rlft.run.turn_settings import tool_settings
 
     cfg = load_config(None, ["rollout.tools=[calculator, lookup]", "rollout.max_turns=3",
                              "rollout.tool_timeout_s=2.5"])

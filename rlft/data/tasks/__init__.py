@@ -66,6 +66,7 @@ def draw(pools: Sequence[Sequence[T]], n: int, rng: random.Random, task: str) ->
 
 from rlft.data.tasks import (  # noqa: E402,F401  (registration)
     arithmetic,
+    bank,
     json_extract,
     tool_call,
     tool_use,
