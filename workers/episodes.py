@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rlft.data.chat_glue import ChatGlue
+from rlft.envs.base import Observation
 from rlft.envs.host import EnvHost, EnvSettings, Opened
 from rlft.types import EpisodeEnd, Prompt, PromptBatch, Rollouts
 from rlft.workers.turns import (
@@ -25,6 +26,8 @@ from rlft.workers.turns import (
     append,
     capped,
     continue_turns,
+    next_turn,
+    take_turn,
     to_rollouts,
     tool_metrics,
 )
@@ -32,34 +35,73 @@ from rlft.workers.turns import (
 
 @dataclass
 class EnvResponder:
-    """Steps each waiting trajectory's episode with its last model turn."""
+    """Steps each waiting trajectory's episode with its last model turn: all at once
+    (`respond`, the lockstep turn loop), or sent and applied as answers come
+    (`send` / `apply`, the episode loop)."""
 
     host: EnvHost
     glue_of: Any  # episode -> ChatGlue
     errors: dict[int, str] = field(default_factory=dict)
 
     def respond(self, trajs: list[Trajectory], tok: Any, limits: TurnLimits) -> None:
-        moves = []
+        got = self.host.step([self._move(t) for t in trajs])
         for t in trajs:
-            calls = [{"name": c.name, "arguments": c.arguments, **({"error": c.error} if c.error
-                                                                    else {})} for c in t.pending]
-            moves.append((t.episode, {"role": "assistant", "content": t.messages[-1]["content"],
-                                      "tool_calls": calls}))
-        got = self.host.step(moves)
-        for t in trajs:
-            obs, calls, t.pending = got[t.episode], t.pending, []
-            t.env_steps += 1
-            t.tool_calls += sum(1 for c in calls if not c.error)
-            t.tool_errors += sum(1 for m in obs.messages if m.get("ok") is False)
-            if obs.reward is not None:
-                t.env_reward = (t.env_reward or 0.0) + obs.reward
-            if obs.error:
-                self.errors[t.episode] = obs.error
-            if obs.done or not obs.messages:  # nothing to answer: the episode is over
-                t.messages += list(obs.messages)
-                t.finish_reason = "stop"
-                continue
-            append(t, list(obs.messages), self.glue_of(t.episode), tok, limits)
+            self.apply(t, got[t.episode], tok, limits)
+
+    def send(self, trajs: list[Trajectory]) -> dict[int, Observation]:
+        """Send the trajectories' moves; returns the ends of episodes already lost."""
+        return self.host.send_steps([self._move(t) for t in trajs]) if trajs else {}
+
+    def _move(self, t: Trajectory) -> tuple[int, dict]:
+        calls = [{"name": c.name, "arguments": c.arguments, **({"error": c.error} if c.error
+                                                                else {})} for c in t.pending]
+        t.tool_calls += sum(1 for c in t.pending if not c.error)
+        t.pending = []
+        return t.episode, {"role": "assistant", "content": t.messages[-1]["content"],
+                           "tool_calls": calls}
+
+    def apply(self, t: Trajectory, obs: Observation, tok: Any, limits: TurnLimits) -> None:
+        """The environment's answer to `t`'s turn: appended as glue, or the episode's end."""
+        t.env_steps += 1
+        t.tool_errors += sum(1 for m in obs.messages if m.get("ok") is False)
+        if obs.reward is not None:
+            t.env_reward = (t.env_reward or 0.0) + obs.reward
+        if obs.error:
+            self.errors[t.episode] = obs.error
+        if obs.done or not obs.messages:  # nothing to answer: the episode is over
+            t.messages += list(obs.messages)
+            t.finish_reason = "stop"
+            return
+        append(t, list(obs.messages), self.glue_of(t.episode), tok, limits)
+
+
+def episode_loop(engine: Any, tok: Any, batch: PromptBatch, params: Any,
+                 trajs: list[Trajectory], first: Rollouts, resp: EnvResponder,
+                 limits: TurnLimits) -> list[Trajectory]:
+    """Each episode on its own clock: a trajectory whose environment has answered
+    generates its next turn with whatever others are ready then, while slower
+    environment steps go on in their processes. Same tokens and masks as the
+    lockstep loop; only which trajectories share an engine call differs."""
+    take_turn(trajs, range(len(trajs)), first, tok, limits)
+    at = {t.episode: i for i, t in enumerate(trajs)}
+    ready: list[int] = []
+
+    def settle(answers: dict[int, Observation]) -> None:
+        for eid, obs in answers.items():
+            resp.apply(trajs[at[eid]], obs, tok, limits)
+            if not trajs[at[eid]].finish_reason:
+                ready.append(at[eid])
+
+    settle(resp.send([t for t in trajs if not t.finish_reason]))
+    while ready or resp.host.pending():
+        settle(resp.host.poll_steps(None if not ready else 0))
+        settle(resp.host.poll_steps(0))  # everything that has arrived meanwhile goes too
+        if ready:
+            live, ready[:] = sorted(ready), []
+            take_turn(trajs, live, engine.generate(*next_turn(batch, trajs, live, params, limits)),
+                      tok, limits)
+            settle(resp.send([trajs[i] for i in live if not trajs[i].finish_reason]))
+    return trajs
 
 
 class EnvTurns:
@@ -67,7 +109,7 @@ class EnvTurns:
     the tokenizer (for the chat template's glue) and the limits."""
 
     def __init__(self, settings: EnvSettings, limits: TurnLimits, tok: Any) -> None:
-        self.tok, self.limits = tok, limits
+        self.tok, self.limits, self.s = tok, limits, settings
         self.host = EnvHost(settings)
         self._glues: dict[str, ChatGlue] = {}
         self._next = 0  # episode ids are never reused in a worker's life
@@ -102,7 +144,8 @@ class EnvTurns:
         tools = {e: opened[e - base].tools for e in eids}
         responder = EnvResponder(self.host, lambda e: self._glue(tools[e]))
         responder.errors.update({e: opened[e - base].error for e in eids if opened[e - base].error})
-        trajs = continue_turns(engine, self.tok, batch, params, trajs, first, responder, self.limits)
+        loop = episode_loop if self.s.loop == "episode" else continue_turns
+        trajs = loop(engine, self.tok, batch, params, trajs, first, responder, self.limits)
         states = self.host.close([t.episode for t in trajs])
         ro = to_rollouts(trajs, batch, version, self.host.seconds - spent)
         ends = tuple(EpisodeEnd(states.get(t.episode), t.env_reward, t.env_steps,

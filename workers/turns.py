@@ -129,7 +129,7 @@ def continue_turns(engine: Any, tok: Any, batch: PromptBatch, params: Any,
                    limits: TurnLimits) -> list[Trajectory]:
     """Take the first turn `first` into `trajs`, then alternate `responder` and one
     `generate` for every unfinished trajectory until all have finished."""
-    _take_turn(trajs, range(len(trajs)), first, tok, limits)
+    take_turn(trajs, range(len(trajs)), first, tok, limits)
     while True:
         waiting = [t for t in trajs if not t.finish_reason]
         if waiting:
@@ -137,20 +137,26 @@ def continue_turns(engine: Any, tok: Any, batch: PromptBatch, params: Any,
         live = [i for i, t in enumerate(trajs) if not t.finish_reason]
         if not live:
             return trajs
-        room = max(limits.max_total_tokens - len(trajs[i].ids) for i in live)
-        prompts = tuple(Prompt(batch.prompts[trajs[i].prompt_index].uid,
-                               batch.prompts[trajs[i].prompt_index].text,
-                               trajs[i].prompt_ids + tuple(trajs[i].ids),
-                               batch.prompts[trajs[i].prompt_index].fields) for i in live)
-        more = PromptBatch(prompts, tuple(() for _ in live),
-                           tuple(trajs[i].group_id for i in live), n=1)
-        seed = None if params.seed is None else params.seed + trajs[live[0]].turns
-        out = engine.generate(more, replace(params, max_new_tokens=min(params.max_new_tokens, room),
-                                            seed=seed))
-        _take_turn(trajs, live, out, tok, limits)
+        take_turn(trajs, live, engine.generate(*next_turn(batch, trajs, live, params, limits)),
+                  tok, limits)
 
 
-def _take_turn(trajs: list[Trajectory], which: Sequence[int], out: Rollouts, tok: Any,
+def next_turn(batch: PromptBatch, trajs: list[Trajectory], live: Sequence[int], params: Any,
+              limits: TurnLimits) -> tuple[PromptBatch, Any]:
+    """The request that continues trajectories `live`: each one's tokens so far as its
+    prompt (n=1), the turn capped at the room the longest budget has left."""
+    room = max(limits.max_total_tokens - len(trajs[i].ids) for i in live)
+    prompts = tuple(Prompt(batch.prompts[trajs[i].prompt_index].uid,
+                           batch.prompts[trajs[i].prompt_index].text,
+                           trajs[i].prompt_ids + tuple(trajs[i].ids),
+                           batch.prompts[trajs[i].prompt_index].fields) for i in live)
+    more = PromptBatch(prompts, tuple(() for _ in live), tuple(trajs[i].group_id for i in live),
+                       n=1)
+    seed = None if params.seed is None else params.seed + trajs[live[0]].turns
+    return more, replace(params, max_new_tokens=min(params.max_new_tokens, room), seed=seed)
+
+
+def take_turn(trajs: list[Trajectory], which: Sequence[int], out: Rollouts, tok: Any,
                limits: TurnLimits) -> None:
     """Append each sample's new model turn (cut to its token budget); the turn's
     calls wait in `pending` for the responder."""

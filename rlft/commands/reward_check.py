@@ -11,7 +11,11 @@ names (weight 1 each, `--kwargs`) or, when none is named, the config's
 
 Completions come from `--completions` (JSON lines with a `completion` field,
 line i for row i) or else each row's `demonstration` (the built-in tasks have
-one), so a reward can be checked before any model exists. Prompts are the
+one), so a reward can be checked before any model exists. With `--env CLASS`
+(or the config's `rollout.env`) a sample is a recorded conversation instead:
+the record's `conversation` (messages) or the row's `demonstration_turns`,
+replayed on a fresh instance of the environment (`rlft.envs.base.
+replay_conversation`), so rewards see its end `state` as in training. Prompts are the
 rows' messages joined as plain text: no tokenizer is loaded, so a reward that
 reads `prompt` sees the messages, not the chat-templated text training passes.
 
@@ -56,6 +60,7 @@ EPILOG = """examples:
       "data.field_map={reference_call: answer}"      # any data.* setting, as rlft train takes it
   rlft reward check --config run.yaml --completions c.jsonl   # the run's rewards on its rows
   rlft reward check my_rewards.py:fn --data rows.jsonl --workers 0   # see the reward's prints
+  rlft reward check state_match --data builtin:bank --env bank      # recorded conversations
 """
 
 
@@ -72,6 +77,7 @@ class Plan:
     split: str
     workers: int
     timeout: float
+    env: str = ""  # replay recorded conversations on this environment
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -89,6 +95,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--completions", default=None,
                    help="JSON lines with a 'completion' field, line i for row i (default: each "
                         "row's 'demonstration')")
+    p.add_argument("--env", default=None,
+                   help="an environment (rollout.env): replay each conversation on it and score "
+                        "its end state (records with 'conversation', else demonstration_turns)")
     p.add_argument("--split", default=None, help="split of a folder or built-in task "
                    "(default: data.train_split)")
     p.add_argument("--limit", type=int, default=100, help="score the first N rows (0: all)")
@@ -127,9 +136,13 @@ def plan_check(ns: argparse.Namespace) -> Plan:
     else:
         terms = [RewardTerm(t.name, t.weight, dict(t.kwargs)) for t in cfg.reward.terms]
     data = replace(cfg.data, source=ns.data) if ns.data else cfg.data
+    env = ns.env or cfg.rollout.env
+    if env:  # state_match replays on the same environment, as in training
+        terms = [replace(t, kwargs={"env": env, **t.kwargs}) if t.name == "state_match" else t
+                 for t in terms]
     return Plan(terms, data, ns.split or data.train_split,
                 cfg.reward.num_workers if ns.workers is None else ns.workers,
-                cfg.reward.timeout_s if ns.timeout is None else ns.timeout)
+                cfg.reward.timeout_s if ns.timeout is None else ns.timeout, env)
 
 
 def term_kwargs(text: str, n: int) -> list[dict]:
@@ -146,6 +159,47 @@ def term_kwargs(text: str, n: int) -> list[dict]:
         raise CheckError(f"--kwargs must be a JSON object, or a list of {n} objects (one per "
                          f"reward); got {text[:80]!r}")
     return [dict(v) for v in value]
+
+
+def read_records(path: str) -> list[dict]:
+    """The JSON objects of a JSON-lines file, errors naming the line."""
+    out = []
+    for i, line in enumerate(Path(path).expanduser().read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CheckError(f"--completions {path}: line {i} is not JSON ({exc})") from exc
+        if not isinstance(record, Mapping):
+            raise CheckError(f"--completions {path}: line {i} is not a JSON object")
+        out.append(dict(record))
+    return out
+
+
+def with_episodes(ro: Rollouts, env: str, records: list[dict] | None) -> Rollouts:
+    """Each sample's conversation replayed on `env`: conversation, answer and end state."""
+    from rlft.envs.base import env_class, replay_conversation
+    from rlft.types import EpisodeEnd
+
+    cls = env_class(env)
+    talks, ends, answers = [], [], []
+    for b in range(len(ro)):
+        p = ro.row(b)
+        row = int(p.uid.rpartition("#")[2])
+        talk = records[row].get("conversation") if records else p.fields.get("demonstration_turns")
+        if isinstance(talk, str):
+            talk = json.loads(talk)
+        if not isinstance(talk, list):
+            raise CheckError(f"{p.uid}: --env needs a conversation: a 'conversation' list in its "
+                             f"--completions record, or the row's demonstration_turns")
+        state, reward, steps = replay_conversation(cls, {**p.fields, "prompt": p.text}, talk)
+        said = [m.get("content", "") for m in talk if m.get("role") == "assistant"]
+        talks.append(tuple(talk))
+        ends.append(EpisodeEnd(state, reward, steps))
+        answers.append(said[-1] if said else "")
+    return replace(ro, conversation=tuple(talks), episodes=tuple(ends),
+                   response_text=tuple(answers))
 
 
 def read_completions(path: str) -> list[str]:
@@ -165,11 +219,12 @@ def read_completions(path: str) -> list[str]:
     return out
 
 
-def build_rollouts(data: DataConfig, split: str, limit: int, completions: str | None
-                   ) -> Rollouts:
-    """One sample per row: the row as training would see it, plus its completion."""
+def build_rollouts(data: DataConfig, split: str, limit: int, completions: str | None,
+                   records: int = 0) -> Rollouts:
+    """One sample per row: the row as training would see it, plus its completion
+    (`records` > 0: that many rows, whose samples `with_episodes` fills in)."""
     rows = load_rows(data.source, split)
-    texts = read_completions(completions) if completions else None
+    texts = read_completions(completions) if completions else ([""] * records or None)
     if texts is not None and len(texts) > len(rows):
         raise CheckError(f"--completions {completions} has {len(texts)} completions but "
                          f"{data.source} [{split}] has {len(rows)} rows; line i must answer row i")
@@ -186,8 +241,8 @@ def build_rollouts(data: DataConfig, split: str, limit: int, completions: str | 
         row = int(p.uid.rpartition("#")[2])  # uids are "<source> [<split>]#<row number>"
         if texts is not None:
             outs.append(texts[row])
-        elif isinstance(p.fields.get("demonstration"), str):
-            outs.append(p.fields["demonstration"])
+        elif isinstance(p.fields.get("demonstration"), str) or "demonstration_turns" in p.fields:
+            outs.append(p.fields.get("demonstration", ""))
         else:
             raise CheckError(f"{p.uid} has no 'demonstration' to score; pass --completions "
                              f"FILE with one completion per row, or map the column that holds "
@@ -248,8 +303,13 @@ def main(argv: Sequence[str]) -> int:
     try:
         plan = plan_check(ns)
         check_rewards(plan.terms, label="REWARD")  # as rlft train checks (InputError: exit 2)
-        ro = build_rollouts(plan.data, plan.split, ns.limit, ns.completions)
-    except (CheckError, ConfigError, OSError, ValueError) as exc:
+        if plan.env:
+            records = read_records(ns.completions) if ns.completions else None
+            ro = build_rollouts(plan.data, plan.split, ns.limit, None, len(records or []))
+            ro = with_episodes(ro, plan.env, records)
+        else:
+            ro = build_rollouts(plan.data, plan.split, ns.limit, ns.completions)
+    except (CheckError, ConfigError, OSError, ValueError, TypeError, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     names = " / ".join(t.name for t in plan.terms)

@@ -89,14 +89,15 @@ class RolloutConfig:
                                lo=0.001)
     env_memory_mb: int = doc(1024, "With rollout.env: memory cap per environment process.", lo=16)
     env_workers: int = doc(2, "With rollout.env: environment processes per rollout worker.", lo=1)
+    env_loop: str = doc("episode", "With rollout.env: episode (each on its own clock) or lockstep "
+                        "(a turn waits for the slowest step).", choices=("episode", "lockstep"))
     max_turns: int = doc(4, "With rollout.tools or env: model turns per sample at most.", lo=1)
     max_total_tokens: int = doc(256, "With rollout.tools or rollout.env: tokens after the "
                                 "prompt at most, all turns and tool/user messages together (each turn is also capped at "
                                 "rollout.max_new_tokens).", lo=1)
     tool_timeout_s: float = doc(10.0, "With rollout.tools: time limit per tool call; a call "
                                 "past it becomes an error message the model reads.", lo=0.001)
-    tool_max_chars: int = doc(1000, "With rollout.tools: a tool result longer than this is cut "
-                              "(the model reads that it was).", lo=1)
+    tool_max_chars: int = doc(1000, "A tool result or observation longer than this is cut.", lo=1)
     max_batch: int = doc(64, "Sequences generated together by one engine call.", lo=1)
     dtype: str = doc("auto", "Rollout engine dtype; auto = model.dtype (the learner's), so rollout "
                      "log-probs are the learner's numbers. bfloat16 vLLM runs ~2.3x faster on "

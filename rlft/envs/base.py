@@ -222,3 +222,35 @@ def replay(cls: type, row: Mapping[str, Any], calls: Sequence[Sequence[Mapping[s
             except Exception:  # noqa: BLE001,S112  (a failed reference call changes nothing)
                 continue
     return state_of(instance)
+
+
+def replay_conversation(cls: type, row: Mapping[str, Any], messages: Sequence[Mapping[str, Any]],
+                        max_chars: int = 1000) -> tuple[Any, float | None, int]:
+    """A recorded conversation's assistant turns played again on a fresh instance:
+    (end state, summed step rewards or None, steps). Calls are read from each
+    assistant message's `tool_calls` ({name, arguments}) or, failing those, from
+    its text (`<tool_call>` blocks). For `rlft reward check --env`."""
+    from rlft.rewards.tool_parse import parse_calls  # torch-free
+
+    instance = make(cls, row)
+    protocol = is_protocol(cls)
+    episode = instance if protocol else MethodEpisode(
+        instance, frozenset(s["function"]["name"] for s in method_schemas(cls, row.get("tools"))),
+        user_turns(row))
+    if protocol:
+        instance.reset(dict(row))
+    reward, steps = None, 0
+    for m in messages:
+        if m.get("role") != "assistant":
+            continue
+        calls = m.get("tool_calls") or [{"name": c.name, "arguments": c.arguments}
+                                        for c in parse_calls(str(m.get("content", "")))]
+        msg = {"role": "assistant", "content": m.get("content", ""), "tool_calls": calls}
+        obs = observation(episode.step(msg), f"{cls.__name__}.step", max_chars) if protocol \
+            else episode.step(msg, max_chars)
+        steps += 1
+        if obs.reward is not None:
+            reward = (reward or 0.0) + obs.reward
+        if obs.done:
+            break
+    return state_of(instance), reward, steps

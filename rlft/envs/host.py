@@ -49,6 +49,7 @@ class EnvSettings:
     num_workers: int = 2  # environment processes per rollout worker
     max_turns: int = 4  # model turns per episode
     max_total_tokens: int = 256  # after the prompt: every turn and observation
+    loop: str = "episode"  # episode: each on its own clock; lockstep: every turn together
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ class EnvHost:
         got = self._run([("step", e, dict(m)) for e, m in moves])
         return {e: v if ok else self._failed(e, v) for e, (ok, v) in got.items()}
 
+
     def close(self, eids: Sequence[int]) -> dict[int, Any]:
         """End episodes; each one's end state (None where it was lost)."""
         got = self._run([("close", e, None) for e in eids])
@@ -196,8 +198,34 @@ class EnvHost:
                                f"{value}")
         return _Proc(proc, parent)
 
+    def send_steps(self, moves: Sequence[tuple[int, Mapping[str, Any]]]) -> dict[int, Observation]:
+        """`step` without waiting: the answers come from `poll_steps`, except for episodes
+        already lost, whose end is returned at once."""
+        got = self._submit([("step", e, dict(m)) for e, m in moves])
+        return {e: self._failed(e, v) for e, (_, v) in got.items()}
+
+    def poll_steps(self, timeout: float | None) -> dict[int, Observation]:
+        """Observations of sent steps that are ready within `timeout` (None: wait for
+        at least one; 0: only what has arrived)."""
+        start, out = time.perf_counter(), {}
+        if any(p.waiting for p in self._procs):
+            self._collect(out, timeout)
+        self.seconds += time.perf_counter() - start
+        return {e: v if ok else self._failed(e, v) for e, (ok, v) in out.items()}
+
+    def pending(self) -> int:
+        return sum(len(p.waiting) for p in self._procs)
+
     def _run(self, requests: list[tuple[str, int, Any]]) -> dict[int, tuple[bool, Any]]:
         start = time.perf_counter()
+        out = self._submit(requests)
+        while any(p.waiting for p in self._procs):
+            self._collect(out, None)
+        self.seconds += time.perf_counter() - start
+        return out
+
+    def _submit(self, requests: list[tuple[str, int, Any]]) -> dict[int, tuple[bool, Any]]:
+        """Send each request to its episode's process; lost episodes answer at once."""
         out: dict[int, tuple[bool, Any]] = {}
         batches: dict[int, list] = {}
         for op, eid, payload in requests:
@@ -213,17 +241,19 @@ class EnvHost:
         now = time.monotonic()
         for k, batch in batches.items():
             p = self._procs[k]
+            if not p.waiting:  # the time limit runs from when the process starts on it
+                p.since = now
             p.conn.send(batch)
-            p.waiting, p.since = [eid for _, eid, _ in batch], now
-        while any(p.waiting for p in self._procs):
-            self._collect(out)
-        self.seconds += time.perf_counter() - start
+            p.waiting += [eid for _, eid, _ in batch]
         return out
 
-    def _collect(self, out: dict) -> None:
+    def _collect(self, out: dict, limit: float | None) -> None:
+        """Take what answers arrive within `limit` (None: until one does or a time limit
+        passes); replace a process past its time limit or dead."""
         busy = [p for p in self._procs if p.waiting]
         now = time.monotonic()
         left = min(p.since + self.s.timeout_s - now for p in busy)
+        left = left if limit is None else min(left, limit)
         ready = wait([p.conn for p in busy] + [p.proc.sentinel for p in busy], max(0.0, left))
         for p in busy:
             if p.conn in ready:

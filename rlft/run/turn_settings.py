@@ -28,7 +28,7 @@ def env_settings(cfg: Config) -> EnvSettings:
     except (RegistryError, TypeError, ValueError) as exc:
         raise ConfigError(f"rollout.env={r.env!r}: {exc}") from exc
     return EnvSettings(r.env, r.env_timeout_s, r.env_memory_mb, r.tool_max_chars, r.env_workers,
-                       r.max_turns, r.max_total_tokens)
+                       r.max_turns, r.max_total_tokens, r.env_loop)
 
 
 def tool_settings(cfg: Config) -> ToolSettings:

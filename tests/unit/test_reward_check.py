@@ -151,3 +151,26 @@ def test_skipped_rows_keep_their_own_completions(tmp_path, capsys):
     assert rc == 0 and "skipped 1 malformed rows" in err
     assert "#0 " in out and "#2 " in out and "#1 " not in out
     assert "accuracy: mean 1 over 2 scored" in out  # row 2 scored with line 2, not line 1
+
+
+def test_env_replays_recorded_conversations_and_scores_end_states(tmp_path, capsys):
+    from rlft.data.tasks import TASKS
+
+    rows = TASKS.get("bank")("train")[:2]
+    talks = [json.loads(r["demonstration_turns"]) for r in rows]
+    first = json.loads(talks[1][0]["content"].removeprefix("<tool_call>")
+                       .removesuffix("</tool_call>"))
+    first["arguments"] = {k: v + 1000 if isinstance(v, int) else v
+                          for k, v in first["arguments"].items()}  # an amount no row asks for
+    talks[1][0] = {"role": "assistant", "content": "", "tool_calls": [first]}
+    outs = tmp_path / "talks.jsonl"
+    outs.write_text("".join(json.dumps({"conversation": t}) + "\n" for t in talks))
+    rc = cli(["reward", "check", "state_match", "--data", "builtin:bank", "--env", "bank",
+              "--completions", str(outs), "--workers", "0"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "builtin:bank [train]#0                1  state_match=1 state_match/exact=1" in out
+    # Row 1's first call moved more than its account holds, or opened with another deposit:
+    # the state differs from the reference's in at least one field.
+    line = next(x for x in out.splitlines() if x.startswith("builtin:bank [train]#1"))
+    assert "state_match/exact=0" in line

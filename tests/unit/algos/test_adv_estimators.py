@@ -124,6 +124,9 @@ def test_bad_shapes_name_the_field():
 
 
 # -- loop references -------------------------------------------------------------
+# The comparisons below run in float64: in float32 the group/token sums round by
+# the order the CPU's kernels pick (issue #25, and permuting rows reorders them);
+# in float64 that is ~1e-15, so 1e-10 still tests the formulas.
 
 def ref_group(rewards, mask, groups, kind, eps):
     """Per-row advantage by explicit loops over groups and rows."""
@@ -183,36 +186,37 @@ def ref_gae(rewards, values, mask, gamma, lam):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_group_estimators_match_loop(random_batch, kind, seed):
     mask, groups, g = random_batch(seed)
-    rewards = torch.randn(mask.shape, generator=g)
+    rewards = torch.randn(mask.shape, generator=g, dtype=torch.float64)
     if seed == 2:  # binary outcome rewards: many tied groups (std 0 -> advantage 0)
-        rewards = (rewards > 0).float() * mask
+        rewards = (rewards > 0).double() * mask
     out = run(kind, rewards, mask, groups, eps=1e-6)
     ref = ref_group(rewards, mask, groups, kind, 1e-6)
-    torch.testing.assert_close(out.advantages.double(), ref, atol=1e-5, rtol=1e-5)
+    assert out.advantages.dtype == torch.float64
+    torch.testing.assert_close(out.advantages, ref, atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_reinforce_pp_matches_loop(random_batch, seed):
     mask, groups, g = random_batch(seed)
-    rewards = torch.randn(mask.shape, generator=g)
+    rewards = torch.randn(mask.shape, generator=g, dtype=torch.float64)
     out = run("reinforce_pp", rewards, mask, groups, gamma=0.9, eps=1e-6)
     ret = ref_reinforce(rewards, mask, 0.9)
-    torch.testing.assert_close(out.returns.double(), ret, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out.advantages.double(), ref_whiten(ret, mask, 1e-6),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.returns, ret, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(out.advantages, ref_whiten(ret, mask, 1e-6),
+                               atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_gae_matches_loop(random_batch, seed):
     mask, groups, g = random_batch(seed)
-    rewards = torch.randn(mask.shape, generator=g)
-    values = torch.randn(mask.shape, generator=g)
+    rewards = torch.randn(mask.shape, generator=g, dtype=torch.float64)
+    values = torch.randn(mask.shape, generator=g, dtype=torch.float64)
     out = run("gae", rewards, mask, groups, values, gamma=0.95, lam=0.9, eps=1e-6)
     adv = ref_gae(rewards, values, mask, 0.95, 0.9)
-    ret = torch.where(mask, adv + values.double(), 0.0)
-    torch.testing.assert_close(out.returns.double(), ret, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out.advantages.double(), ref_whiten(adv, mask, 1e-6),
-                               atol=1e-5, rtol=1e-5)
+    ret = torch.where(mask, adv + values, 0.0)
+    torch.testing.assert_close(out.returns, ret, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(out.advantages, ref_whiten(adv, mask, 1e-6),
+                               atol=1e-10, rtol=1e-10)
 
 
 def test_gap_inside_a_response_passes_the_return_through():
@@ -227,11 +231,12 @@ def test_gap_inside_a_response_passes_the_return_through():
 def test_groups_are_values_not_positions(random_batch, name):
     """Permuting the rows permutes the output and nothing else; zero off-mask."""
     mask, groups, g = random_batch(3)
-    rewards, values = torch.randn(mask.shape, generator=g), torch.randn(mask.shape, generator=g)
+    rewards = torch.randn(mask.shape, generator=g, dtype=torch.float64)
+    values = torch.randn(mask.shape, generator=g, dtype=torch.float64)
     perm = torch.randperm(mask.shape[0], generator=g)
     out = run(name, rewards, mask, groups, values)
     out_p = run(name, rewards[perm], mask[perm], groups[perm], values[perm])
-    torch.testing.assert_close(out_p.advantages, out.advantages[perm], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out_p.advantages, out.advantages[perm], atol=1e-10, rtol=1e-10)
     assert (out.advantages[~mask] == 0).all() and (out.returns[~mask] == 0).all()
     assert torch.isfinite(out.advantages).all()
 

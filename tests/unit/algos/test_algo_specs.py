@@ -151,7 +151,12 @@ def test_split_terms_with_joint_norm_equal_one_term(tiny_model_path):
         finally:
             lrn.shutdown()
     (l1, w1), (l2, w2), (l3, _) = results
-    assert l2 == pytest.approx(l1, rel=1e-5)
+    # The two losses are float32 sums of the same per-token -A (ratio 1) in different
+    # orders, so they differ by a few eps * max|A| on some CPUs (issue #25); 100 of
+    # that leaves room for any kernel. The gradients match bit for bit (disjoint
+    # masks add zeros), so the weights keep the tight bound.
+    assert l2 == pytest.approx(
+        l1, abs=100 * torch.finfo(torch.float32).eps * float(batch.advantages.abs().max()))
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], atol=1e-6, rtol=0, msg=name)
     assert not math.isclose(l3, l1, rel_tol=1e-3)  # own counts weigh the halves differently

@@ -180,4 +180,7 @@ def test_rollout_correction_against_a_perturbed_rollout(mode, level):
     stats = check(algo, batch, ref_loss, ref_grad)
     n = sum(RESP)
     mean_w = sum(weight[b][t] for b in range(len(RESP)) for t in tokens(b)) / n
-    assert stats.metrics["ppo_clip/is_weight"] == pytest.approx(mean_w)
+    # The metric is a float32 token sum (the driver's metrics), whose rounding
+    # depends on the CPU's summation order: 14 weights <= 1.5 err by <= 14 eps relative.
+    assert stats.metrics["ppo_clip/is_weight"] == pytest.approx(
+        mean_w, rel=100 * torch.finfo(torch.float32).eps)

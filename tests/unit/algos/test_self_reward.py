@@ -53,10 +53,14 @@ def ref_self_reward(sft, base, mask, normalize, eps):
 @pytest.mark.parametrize("normalize", ["none", "batch_std", "batch_zscore"])
 def test_self_reward_matches_loop(random_batch, normalize):
     mask, _, g = random_batch(5)
-    sft, base = -torch.rand(mask.shape, generator=g) * 4, -torch.rand(mask.shape, generator=g) * 4
+    # In float64: float32 sums of a row's tokens round by the CPU's kernel order
+    # (issue #25); in float64 that is ~1e-15, so 1e-10 still tests the formula.
+    sft = -torch.rand(mask.shape, generator=g, dtype=torch.float64) * 4
+    base = -torch.rand(mask.shape, generator=g, dtype=torch.float64) * 4
     got = self_reward(sft, base, mask, normalize)
     want = ref_self_reward(sft, base, mask, normalize, 1e-6)
-    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
 
 
 def test_self_reward_errors():

@@ -92,13 +92,14 @@ def bank_script(rows):
     return reply
 
 
-def test_bank_episodes_over_two_user_turns(tok):
+@pytest.mark.parametrize("loop", ["episode", "lockstep"])
+def test_bank_episodes_over_two_user_turns(tok, loop):
     rows = TASKS.get("bank")("eval")[:2]
     prompts = build_prompts(
         [{k: json.dumps(v) if k in ("tools", "env_args", "reference_calls") else v
           for k, v in r.items()} for r in rows], tok).prompts
     engine = ScriptedEngine(tok, bank_script(rows))
-    turns = EnvTurns(EnvSettings("bank", num_workers=2), TurnLimits(6, 600), tok)
+    turns = EnvTurns(EnvSettings("bank", num_workers=2, loop=loop), TurnLimits(6, 600), tok)
     try:
         ro = turns.generate(engine, PromptBatch.plain(list(prompts), n=2), PARAMS)
     finally:

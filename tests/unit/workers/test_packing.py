@@ -12,6 +12,7 @@ from test_learner import (
     _mixed_terms,
     _rl_batch,
     assert_close_weights,
+    fp32_bound,
     learner,
     make_batch,
     weights,
@@ -79,11 +80,13 @@ def test_pack_hand_worked():
 def test_packed_attention_equals_padded_and_transformers_packed_sdpa(tiny_model_path):
     """Three ways to run the same rows: padded (SDPA + padding mask), transformers'
     own packed detection (position_ids restart -> dense block-diagonal mask), and
-    ours (one SDPA per sequence). Hidden states agree to fp32 rounding."""
+    ours (one SDPA per sequence). Hidden states agree to rounding: in float64, as the
+    three sum in different orders and float32 would leave the verdict to the CPU's
+    kernels (issue #25); float64 rounding is ~1e-15, so 1e-10 still tests the maths."""
     batch = make_batch()
     ids, am = batch.input_ids, batch.attention_mask
-    ref = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
-    ours = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float64).eval()
+    ours = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float64).eval()
     use_packed_attention(ours)
     assert ours.config._attn_implementation == ATTENTION
     p = pack(ids, am)
@@ -98,8 +101,9 @@ def test_packed_attention_equals_padded_and_transformers_packed_sdpa(tiny_model_
         # Without packing kwargs our attention is SDPA with the padding mask.
         ours_padded = ours.model(input_ids=ids, attention_mask=am.long(), **kw
                                  ).last_hidden_state[am]
-    torch.testing.assert_close(hf_packed, padded, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
+    assert padded.dtype == packed.dtype == torch.float64
+    torch.testing.assert_close(hf_packed, padded, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(packed, padded, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(ours_padded, padded, atol=0, rtol=0)
 
 
@@ -137,17 +141,20 @@ def test_packed_update_equals_padded(tiny_model_path):
             runs[name] = (lp, ent, stats, weights(lrn))
     lp0, ent0, s0, w0 = runs["whole"]
     assert s0.metrics["ppo_clip/clip_frac"] > 0 and s0.metrics["kl"] > 0
+    # Packed, padded and whole sum in different orders: float32 rounding of each
+    # figure's scale (fp32_bound); the grad norm, a sum of squares, to 1e-5 relative.
+    adv = batch.advantages
     for name in ("padded", "packed", "packed_whole"):
         lp, ent, s, w = runs[name]
-        torch.testing.assert_close(lp, lp0, atol=1e-5, rtol=0, msg=name)
-        torch.testing.assert_close(ent, ent0, atol=1e-5, rtol=0, msg=name)
-        assert s.loss == pytest.approx(s0.loss, abs=1e-5), name
+        torch.testing.assert_close(lp, lp0, atol=fp32_bound(lp0), rtol=0, msg=name)
+        torch.testing.assert_close(ent, ent0, atol=fp32_bound(ent0), rtol=0, msg=name)
+        assert s.loss == pytest.approx(s0.loss, abs=fp32_bound(s0.loss, adv)), name
         assert s.grad_norm == pytest.approx(s0.grad_norm, rel=1e-5), name
-        assert s.entropy == pytest.approx(s0.entropy, abs=1e-5), name
+        assert s.entropy == pytest.approx(s0.entropy, abs=fp32_bound(s0.entropy)), name
         assert s.tokens == s0.tokens
         for key, value in s0.metrics.items():
-            assert s.metrics[key] == pytest.approx(value, abs=1e-5), (name, key)
-        assert_close_weights(w0, w, atol=1e-5)
+            assert s.metrics[key] == pytest.approx(value, abs=fp32_bound(value, adv)), (name, key)
+        assert_close_weights(w0, w, atol=fp32_bound(*w0.values()))
     assert not runs["packed"][0][:, 0].any()  # position 0 is never scored, packed or not
 
 
@@ -160,5 +167,6 @@ def test_compiled_layers_give_the_same_update(tiny_model_path):
                      **GRADIENT_STEP) as lrn:
             stats = [lrn.update(batch, [LossTermSpec("sft_ce", 1.0)]) for _ in range(2)]
             out.append(([s.loss for s in stats], weights(lrn)))
-    assert out[1][0] == pytest.approx(out[0][0], abs=1e-5)
-    assert_close_weights(out[0][1], out[1][1], atol=1e-5)
+    # Inductor's kernels sum in their own order: float32 rounding (fp32_bound).
+    assert out[1][0] == pytest.approx(out[0][0], abs=fp32_bound(out[0][0]))
+    assert_close_weights(out[0][1], out[1][1], atol=fp32_bound(*out[0][1].values()))
