@@ -86,3 +86,28 @@ def test_k1_runs_multi_turn_tool_rollouts(tmp_path, tiny_model_path):
     assert max(m.extra["async/staleness_mean"] for m in history) > 0  # it ran ahead
     trained = read(tmp_path / "tools" / NAME)
     assert [r["step"] for r in trained] == list(range(STEPS))
+
+
+def test_k1_runs_bank_episodes_over_two_user_turns(tmp_path, tiny_model_path):
+    """Stateful episodes (rollout.env=bank) under the asynchronous loop: Prefix-RFT
+    forces each demonstration's first call on half the samples; the bank in the
+    sample's own environment process runs it, the model's next turn without a call
+    brings the second user turn, and state_match scores the end states."""
+    cfg = _cfg(tmp_path, tiny_model_path, "bank", "train.max_staleness=1",
+               "data.source=builtin:bank", "rollout.env=bank", "rollout.max_turns=4",
+               "rollout.max_total_tokens=160", "algo.name=prefix_rft",
+               "algo.prefix.fraction=0.5", "algo.prefix.low_start=1.0",
+               "algo.prefix.high_start=1.0", "algo.prefix.low_end=1.0",
+               "algo.prefix.high_end=1.0", "reward.terms=[{name: state_match}]",
+               "rollout.stop=[' ']")  # a space ends the random model's turns
+    loop = TrainingLoop(cfg)
+    try:
+        history = loop.train()
+    finally:
+        loop.close()
+    for m in history:
+        assert m.extra["rollout/tool_calls_mean"] >= 0.5, m.extra  # the forced calls ran
+        assert m.extra["env/steps_mean"] >= 2.0, m.extra  # the second user turn came in
+        assert m.extra["env/errors"] == 0.0, m.extra
+        assert "env/state_match" in m.extra and m.reward_components["state_match"] > 0.0
+    assert max(m.extra["async/staleness_mean"] for m in history) > 0

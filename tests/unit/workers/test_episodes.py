@@ -192,3 +192,17 @@ def test_bad_classes_and_observations_name_the_fix(user_env):
         observation(([{"role": "system", "content": "x"}], None, False), "Game.step", 100)
     assert observation((["long" * 10], None, True), "G.step", 8).messages[0]["content"] \
         .startswith("longlong...")
+
+
+def test_multi_turn_demonstrations_mask_the_user_and_tool_turns(tok):
+    from rlft.data.demonstrations import demonstration_tokens
+
+    row = TASKS.get("bank")("eval")[0]
+    prompt = build_prompts([{k: json.dumps(v) if k in ("tools", "env_args", "reference_calls")
+                             else v for k, v in row.items()}], tok).prompts[0]
+    demo = demonstration_tokens(prompt, tok)
+    model = tok.decode([t for t, m in zip(demo.ids, demo.model_mask) if m])
+    masked = tok.decode([t for t, m in zip(demo.ids, demo.model_mask) if not m])
+    calls = [c[0]["name"] for c in row["reference_calls"]]
+    assert all(f'"name": "{c}"' in model for c in calls) and model.count("Done.") == 2
+    assert row["user_turns"][0] in masked and row["user_turns"][0] not in model
