@@ -37,10 +37,9 @@ from tqdm import tqdm
 from rlft.commands.export import export_checkpoint, newest_checkpoint, run_config
 from rlft.config import Config, load_config
 from rlft.models import resolve_model
-from rlft.rewards.base import RewardTerm
 from rlft.run.preflight import check_run
-from rlft.run.turn_settings import tool_settings
-from rlft.run.wiring import build_prompts_for, engine_name, sampling_params
+from rlft.run.turn_settings import env_settings, tool_settings
+from rlft.run.wiring import build_prompts_for, engine_name, reward_terms, sampling_params
 from rlft.types import Prompt, PromptBatch, Rollouts, ScoredRollouts
 from rlft.workers.reward import RewardService
 from rlft.workers.rollout import RolloutWorker, SamplingParams
@@ -193,9 +192,10 @@ def eval_model(cfg: Config, weights: tuple[str, Path] | None, k: int | None, lim
     print(f"evaluating {weights[1] if weights else model_path} on {cfg.data.source} "
           f"[{cfg.data.eval_split}]: {len(prompts)} prompts x {spec.n} samples", file=sys.stderr)
     worker = RolloutWorker(engine=engine_name(cfg), model_path=model_path, seed=cfg.train.seed,
-                           tools=tool_settings(cfg) if cfg.rollout.tools else None)  # multi-turn
+                           tools=tool_settings(cfg) if cfg.rollout.tools else None,  # multi-turn
+                           environment=env_settings(cfg) if cfg.rollout.env else None)
     r = cfg.reward
-    terms = [RewardTerm(t.name, t.weight, dict(t.kwargs)) for t in r.terms]
+    terms = reward_terms(cfg)  # as training builds them (state_match on the run's environment)
     with RewardService(terms, num_workers=r.num_workers, timeout_s=r.timeout_s,
                        fallback=r.fallback, max_failure_frac=r.max_failure_frac) as service:
         metrics = evaluate(prompts, worker.generate, service.score, spec, progress=True)

@@ -1,7 +1,8 @@
 """Environments: a plain Python class, one fresh instance per episode.
 
-`rollout.env` names the class: a built-in (`bank`) or an import path
-(`my_env.py:Bank`, `pkg.mod:Bank`). The instance is made from the row:
+`rollout.env` names the class: a built-in (`bank`), an import path
+(`my_env.py:Bank`, `pkg.mod:Bank`) or a skyrl-gym environment
+(`skyrl_gym:<id>`, `rlft.envs.skyrl`). The instance is made from the row:
 `cls(**row["env_args"])` (`env_args` may be renamed with `data.field_map`),
 or `cls()` when the row has none. Two forms:
 
@@ -54,6 +55,10 @@ def env_class(ref: str) -> type:
     """The class `ref` names: a built-in or an import path; errors name the fix."""
     import importlib
 
+    if ref.startswith("skyrl_gym:"):  # the library's own registry (rlft/envs/skyrl.py)
+        from rlft.envs.skyrl import skyrl_class
+
+        return skyrl_class(ref.removeprefix("skyrl_gym:"))
     for module in BUILTIN_MODULES:
         importlib.import_module(f"rlft.envs.{module}")
     cls = ENVS.get(ref)

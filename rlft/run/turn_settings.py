@@ -25,7 +25,7 @@ def env_settings(cfg: Config) -> EnvSettings:
         cls = env_class(r.env)
         if not is_protocol(cls):
             method_schemas(cls)
-    except (RegistryError, TypeError, ValueError) as exc:
+    except (RegistryError, TypeError, ValueError, ImportError) as exc:
         raise ConfigError(f"rollout.env={r.env!r}: {exc}") from exc
     return EnvSettings(r.env, r.env_timeout_s, r.env_memory_mb, r.tool_max_chars, r.env_workers,
                        r.max_turns, r.max_total_tokens, r.env_loop)

@@ -206,3 +206,26 @@ def test_multi_turn_demonstrations_mask_the_user_and_tool_turns(tok):
     calls = [c[0]["name"] for c in row["reference_calls"]]
     assert all(f'"name": "{c}"' in model for c in calls) and model.count("Done.") == 2
     assert row["user_turns"][0] in masked and row["user_turns"][0] not in model
+
+
+def test_skyrl_gym_environments_through_the_protocol_form(tok):
+    """skyrl-gym's gsm8k_multi_turn: a wrong answer gets its format credit and a user
+    turn asking again, the right one 1.0 and the end; the rewards add up as `env`."""
+    rows = [{"prompt": "Natalia sold 48 clips in April and half as many in May. How many in all?",
+             "reward_spec": {"method": "rule", "ground_truth": "72"},
+             "max_turns": 3}]
+    prompts = build_prompts(rows, tok).prompts
+    answers = iter(["#### 70", "#### 72"])
+    engine = ScriptedEngine(tok, lambda context, sample: next(answers))
+    turns = EnvTurns(EnvSettings("skyrl_gym:gsm8k_multi_turn", num_workers=1),
+                     TurnLimits(4, 400), tok)
+    try:
+        ro = turns.generate(engine, PromptBatch.plain(list(prompts), n=1), PARAMS)
+    finally:
+        turns.close()
+    end = ro.episodes[0]
+    assert [m["role"] for m in ro.conversation[0]] == ["assistant", "user", "assistant"]
+    assert end.error == "" and end.state == {"turns": 2, "steps": 2}
+    assert end.reward == pytest.approx(0.2 / 3 + 1.0)  # format credit per turn, then correct
+    with pytest.raises(ValueError, match="no environment 'nope'; it has .*gsm8k"):
+        env_class("skyrl_gym:nope")
