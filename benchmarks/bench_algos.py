@@ -9,7 +9,8 @@
    other's peak. It counts everything the process touches, so it is an upper
    bound on the tensors alone, measured the same way for both variants.
 
-Run: .venv/bin/python benchmarks/bench_algos.py
+Run: .venv/bin/python benchmarks/bench_algos.py [--small]
+(--small: tiny shapes, a smoke run of the same code paths; its figures mean little)
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from rlft.algos.base import AdvantageInputs, AdvantageParams
 from rlft.algos.logprobs import logprobs_from_hidden, logprobs_from_logits
 
 N, H, V, CHUNK = 2048, 576, 32_000, 512
+B, L, GROUPS = 4096, 256, 512  # GRPO advantages
+if "--small" in sys.argv:
+    N, H, V, CHUNK = 256, 64, 2048, 64
+    B, L, GROUPS = 256, 32, 32
 
 
 def best_of(fn, repeats: int) -> float:
@@ -64,12 +69,11 @@ def bench_grpo() -> list[tuple[str, str]]:
 
 
 def _bench_grpo() -> list[tuple[str, str]]:
-    B, L, groups = 4096, 256, 512
     g = torch.Generator().manual_seed(0)
     mask = torch.arange(L)[None, :] < torch.randint(1, L, (B, 1), generator=g)  # [B, L]
     rewards = torch.zeros(B, L)
     rewards[torch.arange(B), mask.sum(-1) - 1] = torch.rand(B, generator=g).round()
-    group_id = torch.randperm(B, generator=g) % groups  # interleaved groups of 8
+    group_id = torch.randperm(B, generator=g) % GROUPS  # interleaved groups of B / GROUPS
     x, p = AdvantageInputs(rewards, mask, group_id), AdvantageParams()
     fast = grpo(x, p).advantages
     slow = grpo_loop(rewards, mask.float(), group_id, p.eps)
@@ -77,7 +81,7 @@ def _bench_grpo() -> list[tuple[str, str]]:
     t_vec = best_of(lambda: grpo(x, p), 5)
     t_loop = best_of(lambda: grpo_loop(rewards, mask.float(), group_id, p.eps), 2)
     return [
-        (f"grpo advantages, B={B}, L={L}, {groups} groups, 1 thread", ""),
+        (f"grpo advantages, B={B}, L={L}, {GROUPS} groups, 1 thread", ""),
         ("  vectorised (index_add)", f"{t_vec * 1e3:8.1f} ms"),
         ("  python loop over groups", f"{t_loop * 1e3:8.1f} ms"),
         ("  speed-up", f"{t_loop / t_vec:8.1f} x   (max |diff| {err:.1e})"),
@@ -111,7 +115,8 @@ def run_variant(name: str) -> dict:
 def bench_logprobs() -> list[tuple[str, str]]:
     out = {}
     for name in ("naive", "chunked"):
-        proc = subprocess.run([sys.executable, __file__, "--variant", name],
+        proc = subprocess.run([sys.executable, __file__, "--variant", name,
+                               *(["--small"] if "--small" in sys.argv else [])],
                               capture_output=True, text=True, check=True)
         out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     nv, ch = out["naive"], out["chunked"]
@@ -144,7 +149,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--variant":
+    if len(sys.argv) >= 3 and sys.argv[1] == "--variant":
         print(json.dumps(run_variant(sys.argv[2])))
     else:
         main()

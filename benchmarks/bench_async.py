@@ -2,7 +2,10 @@
 
     python benchmarks/bench_async.py [--steps 8] [--warmup 2] [--model tiny-random]
                                      [--prompts 4] [--n 8] [--max-new-tokens 24]
-                                     [--set train.epochs=2 ...]
+                                     [--set train.epochs=2 ...] [--small]
+
+--small is a smoke run (1 timed step after none, 2 prompts x 2 samples, 4 new
+tokens); its figures mean little.
 
 On a cluster the rollout workers and the learner own their GPUs; here the
 rollout worker's process is pinned to core 0 and the learner's to core 1, each
@@ -95,7 +98,10 @@ def main() -> int:
     # Two PPO epochs make the update as long as the rollout here (R ~ U ~ 2.2 s).
     p.add_argument("--set", nargs="*", default=["train.epochs=2"],
                    help="more key=value overrides (default: train.epochs=2)")
+    p.add_argument("--small", action="store_true", help="smoke run: one tiny timed step")
     args = p.parse_args()
+    if args.small:
+        args.steps, args.warmup, args.prompts, args.n, args.max_new_tokens = 1, 0, 2, 2, 4
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("bench_async needs 2 cores (one per role)")
     print(f"load average before: {open('/proc/loadavg').read().split()[:3]}", flush=True)

@@ -18,10 +18,13 @@ engine core, the reward processes) twice a second:
 rollout.kv_cache_gb=2 rollout.vllm_in_process=false ray.cpu_allocator=glibc`,
 and `RLFT_MALLOC_DEFAULT=1`, which leaves glibc's malloc as it was (freed
 activations go back to the kernel and are first-touched again every update);
-"after" is the defaults. The last table gives after /
-before for each figure.
+"after" is the defaults (with rollout.engine=hf, "before" drops the vLLM-only
+settings). The last table gives after / before for each figure.
 
-    .venv/bin/python benchmarks/bench_memory.py [--steps N] [key=value ...]
+    .venv/bin/python benchmarks/bench_memory.py [--steps N] [--small] [key=value ...]
+
+--small: a smoke run (one step each, tiny-random model, transformers engine,
+2 prompts x 2 samples); its figures mean little.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ ROLES = (("ray::Learner", "learner"), ("ray::RolloutWorker", "rollout"),
 OLD = ["train.micro_batch_tokens=4096", "rollout.kv_cache_gb=2", "rollout.vllm_in_process=false",
        "ray.cpu_allocator=glibc"]
 GIB = 1 << 30
+SMALL = ["model.name=tiny-random", "rollout.engine=hf", "rollout.prompts_per_step=2",
+         "rollout.n=2", "rollout.max_new_tokens=8", "reward.num_workers=0", "ray.num_cpus=2"]
 
 
 def role_of(proc: psutil.Process, driver: int) -> str:
@@ -140,13 +145,18 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--after-only", action="store_true",
                    help="only today's defaults (a breakdown; no before/after ratio)")
+    p.add_argument("--small", action="store_true", help="smoke run: one tiny step each")
     p.add_argument("overrides", nargs="*", help="key=value for both runs")
     ns = p.parse_args()
+    if ns.small:
+        ns.steps, ns.overrides = 1, [*SMALL, *ns.overrides]
     base = [f"train.steps={ns.steps}", *ns.overrides]
+    # The old vLLM-only settings are refused with the transformers engine.
+    old = [o for o in OLD if not (o.startswith("rollout.") and "rollout.engine=hf" in base)]
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp)
         after = run("after", base, {}, runs)
-        before = {} if ns.after_only else run("before", base + OLD, {"RLFT_MALLOC_DEFAULT": "1"},
+        before = {} if ns.after_only else run("before", base + old, {"RLFT_MALLOC_DEFAULT": "1"},
                                               runs)
     print(f"\n| figure ({ns.steps} steps) | before | after | after / before |\n|---|---|---|---|")
     for key in sorted(before.keys() | after.keys(), key=lambda k: (k.startswith(" "), k)):

@@ -1,6 +1,8 @@
 """RewardService figures: parallel speed-up on a heavy reward, overhead on a cheap one.
 
-    .venv/bin/python benchmarks/bench_rewards.py [--repeats 5] [--heavy-ms 30]
+    .venv/bin/python benchmarks/bench_rewards.py [--repeats 5] [--heavy-ms 30] [--small]
+
+(--small: a smoke run of both parts, one repeat of small batches; its figures mean little.)
 
 (a) Heavy: a user-style reward doing pure-Python work (edit-distance similarity
 between the completion and the reference, string length calibrated so one call
@@ -185,7 +187,10 @@ def main() -> None:
     ap.add_argument("--cheap-repeats", type=int, default=20, help="timed repeats of (b)")
     ap.add_argument("--step-s", type=float, default=30.0, help="training step the overhead "
                     "is compared with")
+    ap.add_argument("--small", action="store_true", help="smoke run: small batches, one repeat")
     ns = ap.parse_args()
+    if ns.small:
+        ns.repeats, ns.heavy_ms, ns.heavy_batch, ns.cheap_batch, ns.cheap_repeats = 1, 2.0, 8, 8, 1
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "heavy_reward.py"

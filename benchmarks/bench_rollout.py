@@ -7,7 +7,10 @@ from a transformers fp32 forward pass (the learner's numbers) and the time of
 one weight sync (`load_weights` of the full fp32 state dict). Prints a table
 and the vLLM/HF throughput ratio; asserts nothing on timing.
 
-    python benchmarks/bench_rollout.py [--engines vllm-float32,vllm-bfloat16,hf]
+    python benchmarks/bench_rollout.py [--engines vllm-float32,vllm-bfloat16,hf] [--small]
+
+--small: a smoke run (tiny-random model, vllm-float32 and hf, 2 prompts x 2
+samples, 8 new tokens); its figures mean little.
 
 Threads: this process (transformers generate and the reference forward)
 uses `--threads` torch threads, default 1. vLLM's worker binds its own, by
@@ -133,7 +136,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of this process")
+    ap.add_argument("--small", action="store_true", help="smoke run: tiny model and batch")
     args = ap.parse_args(argv)
+    if args.small:
+        args.engines, args.model, args.prompts, args.n, args.max_new_tokens = \
+            "vllm-float32,hf", "tiny-random", 2, 2, 8
     torch.set_num_threads(args.threads)
     path = resolve_model(args.model)
     batch = make_batch(args.model, args.prompts, args.n)

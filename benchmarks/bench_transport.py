@@ -1,12 +1,15 @@
 """Weight sync into the running rollout engine: Ray object store vs broadcast.
 
-    .venv/bin/python benchmarks/bench_transport.py [--repeat 5] [key=value ...]
+    .venv/bin/python benchmarks/bench_transport.py [--repeat 5] [--small] [key=value ...]
 
 The default config (SmolLM2-135M-Instruct, vLLM engine where it imports), one
 `TrainingLoop` per `rollout.weight_transport` (ray, then broadcast: gloo on CPU,
 NCCL on GPUs), each timing `--repeat` full syncs after one training step (its
 sync is the warm-up); the engine's log-probs of a batch sampled afterwards are
 compared with the learner's (max difference printed: ~1e-5 = same weights). Prints the median seconds per sync and broadcast / ray.
+
+--small: a smoke run (tiny-random model, transformers engine, 2 prompts x 2
+samples, one timed sync); its figures mean little.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import ray
 from rlft.batch.collate import collate
 from rlft.config import load_config
 from rlft.loop import TrainingLoop
+
+SMALL = ["model.name=tiny-random", "rollout.engine=hf", "rollout.prompts_per_step=2",
+         "rollout.n=2", "rollout.max_new_tokens=8", "reward.num_workers=0", "ray.num_cpus=2"]
 
 
 def measure(overrides: list[str], transport: str, repeat: int) -> tuple[list[float], float]:
@@ -54,8 +60,11 @@ def measure(overrides: list[str], transport: str, repeat: int) -> tuple[list[flo
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--small", action="store_true", help="smoke run: tiny model, one sync")
     p.add_argument("overrides", nargs="*", help="key.sub=value, applied to both runs")
     ns = p.parse_args(argv)
+    if ns.small:
+        ns.repeat, ns.overrides = 1, [*SMALL, *ns.overrides]
     rows = {}
     for transport in ("ray", "broadcast"):
         times, diff = measure(ns.overrides, transport, ns.repeat)

@@ -1,7 +1,7 @@
 """GRPO vs CHORD vs Prefix-RFT on one task: same model, steps, seeds and data.
 
     .venv/bin/python benchmarks/compare_algos.py [--algos grpo,chord,prefix_rft]
-        [--steps 16] [--eval-prompts 32] [--out runs/compare] [key=value ...]
+        [--steps 16] [--eval-prompts 32] [--out runs/compare] [--small] [key=value ...]
 
 Defaults: builtin:arithmetic with smollm2-135m-instruct and each algorithm's
 defaults (`key=value` overrides apply to every run, e.g. model.name=tiny-random
@@ -16,7 +16,9 @@ algorithm, on the trained weights (the run's own rollout workers):
 - forgetting probe: the same on builtin:json_extract's eval split scored by
   `json_structure`, next to the base model's figure (a drop = forgetting).
 
-Prints a markdown table and writes <out>/compare.json.
+Prints a markdown table and writes <out>/compare.json. --small is a smoke run
+(tiny-random, transformers engine, 1 step of 2 prompts x 2 samples, 2
+held-out prompts); its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from rlft.run.wiring import build_prompts_for
 from rlft.workers.reward import RewardService
 
 PROBE = ["data.source=builtin:json_extract"]
+SMALL = ["model.name=tiny-random", "rollout.engine=hf", "rollout.prompts_per_step=2",
+         "rollout.n=2", "rollout.max_new_tokens=8", "reward.num_workers=0", "ray.num_cpus=2"]
 
 
 def held_out(trainer: TrainingLoop, prompts, probe_prompts, probe_service) -> dict[str, float]:
@@ -94,8 +98,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--eval-prompts", type=int, default=32)
     p.add_argument("--out", default="runs/compare")
+    p.add_argument("--small", action="store_true", help="smoke run: tiny model, 1 step")
     p.add_argument("overrides", nargs="*", help="key.sub=value, applied to every run")
     ns = p.parse_args(argv)
+    if ns.small:
+        ns.steps, ns.eval_prompts, ns.overrides = 1, 2, [*SMALL, *ns.overrides]
     out = Path(ns.out) / time.strftime("%Y%m%d-%H%M%S")
     rows, base = [], None
     with RewardService([RewardTerm("json_structure", 1.0, {})], num_workers=0) as probe:

@@ -1,7 +1,10 @@
 """Checks the README's main-job claim: with the default config, on CPU, the
 mean reward of the last 5 steps beats the first 5, within 10 minutes.
 
-    .venv/bin/python benchmarks/default_run.py [key=value ...]
+    .venv/bin/python benchmarks/default_run.py [--small] [key=value ...]
+
+--small: a smoke run of the same loop (tiny-random model, transformers engine,
+2 steps of 2 prompts x 2 samples); its figures mean nothing for the claim.
 
 Prints first-5 / last-5 mean reward, their ratio and difference, and the wall
 time (model conversion on a first run included, reported apart).
@@ -16,8 +19,14 @@ from rlft.config import load_config
 from rlft.loop import TrainingLoop
 from rlft.models import resolve_model
 
+SMALL = ["model.name=tiny-random", "rollout.engine=hf", "rollout.prompts_per_step=2",
+         "rollout.n=2", "rollout.max_new_tokens=8", "train.steps=2", "reward.num_workers=0",
+         "ray.num_cpus=2"]
+
 
 def main(overrides: list[str]) -> int:
+    if "--small" in overrides:
+        overrides = [*SMALL, *(o for o in overrides if o != "--small")]
     cfg = load_config(None, ["logging.run_dir=runs/bench", *overrides])
     t0 = time.perf_counter()
     resolve_model(cfg.model.name)  # one-time GGUF conversion, cached
