@@ -64,6 +64,8 @@ class FlatGroupWatch:
 
     threshold: float = 0.5
     warned: bool = False
+    remedies: str = ""  # what applies to this run (`remedies`); default: every one
+
 
     def message(self, m: StepMetrics) -> str | None:
         frac = m.extra.get(FLAT_FRAC)
@@ -75,10 +77,8 @@ class FlatGroupWatch:
         return (f"step {m.step}: {flat} of {groups} groups scored the same reward on every "
                 f"sample; group-relative advantages are zero for them, so they give no "
                 f"gradient (loss and grad norm near 0). The policy rarely produces an answer "
-                f"the reward tells apart. Remedies: demonstrations through CHORD "
-                f"(algo.name=chord) or `rlft sft` first; a format reward for partial credit "
-                f"(add {{name: format}} to reward.terms); algo.filter_groups=true to train on "
-                f"the varied groups only. Warned once; {FLAT_FRAC} tracks it every step.")
+                f"the reward tells apart. Remedies: {self.remedies or remedies({})}. Warned "
+                f"once; {FLAT_FRAC} tracks it every step.")
 
     def log(self, m: StepMetrics) -> None:
         text = self.message(m)
@@ -87,3 +87,22 @@ class FlatGroupWatch:
 
     def close(self) -> None:
         pass
+
+
+def remedies(config: dict) -> str:
+    """The remedies for flat groups that this run (its resolved config) has not taken.
+
+    >>> remedies({"algo": {"name": "chord"}, "reward": {"terms": [{"name": "format"}]}})
+    'this run already learns from demonstrations (CHORD): give it steps, or raise algo.chord.mu_peak; algo.filter_groups=true to train on the varied groups only'
+    """
+    algo, terms = config.get("algo", {}), config.get("reward", {}).get("terms", [])
+    name = algo.get("name", "grpo")
+    out = [f"this run already learns from demonstrations ({'CHORD' if name == 'chord' else name}): "
+           f"give it steps, or raise {'algo.chord.mu_peak' if name == 'chord' else 'algo.prefix.fraction'}"
+           if name in ("chord", "prefix_rft") else
+           "demonstrations through CHORD (algo.name=chord) or `rlft sft` first"]
+    if not any(t.get("name") == "format" for t in terms):
+        out.append("a format reward for partial credit (add {name: format} to reward.terms)")
+    if not algo.get("filter_groups"):
+        out.append("algo.filter_groups=true to train on the varied groups only")
+    return "; ".join(out)

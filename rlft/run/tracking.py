@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import yaml
 from tqdm import tqdm
 
-from rlft.run.nothing_to_learn import FlatGroupWatch
+from rlft.run.nothing_to_learn import FlatGroupWatch, remedies
 from rlft.types import StepMetrics
 
 # A name with a secret-like part between _ - . separators: WANDB_API_KEY, hf_token,
@@ -194,4 +194,4 @@ def make_sinks(names: list[str], run_dir: Path, run_name: str, project: str,
             sink.close()
         raise
     # Always on, not a logger to choose: the warning that a run learns nothing.
-    return [*sinks, FlatGroupWatch()]
+    return [*sinks, FlatGroupWatch(remedies=remedies(config))]

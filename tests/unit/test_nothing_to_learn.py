@@ -3,6 +3,7 @@ metrics every step and warned about once, with the remedies."""
 
 import json
 import logging
+from pathlib import Path
 
 import torch
 
@@ -14,6 +15,7 @@ from rlft.run.nothing_to_learn import (
     FlatGroupWatch,
     count_flat,
     flat_group_metrics,
+    remedies,
 )
 from rlft.types import Prompt, Rollouts, ScoredRollouts, StepMetrics
 
@@ -68,3 +70,15 @@ def test_every_run_gets_the_watch_and_the_figure_reaches_the_jsonl(tmp_path):
         sink.close()
     record = json.loads((tmp_path / "metrics.jsonl").read_text())
     assert record[FLAT] == 1.0 and record[FLAT_FRAC] == 0.5
+
+
+def test_the_remedies_are_those_the_run_has_not_taken():
+    chord = remedies({"algo": {"name": "chord", "filter_groups": True},
+                      "reward": {"terms": [{"name": "accuracy"}]}})
+    assert "algo.name=chord" not in chord and "already learns from demonstrations" in chord
+    assert "algo.chord.mu_peak" in chord and "{name: format}" in chord
+    assert "filter_groups" not in chord
+    prefix = remedies({"algo": {"name": "prefix_rft"}, "reward": {"terms": [{"name": "format"}]}})
+    assert "algo.prefix.fraction" in prefix and "{name: format}" not in prefix
+    sinks = tracking.make_sinks([], Path("."), "r", "p", {"algo": {"name": "chord"}}, 1, 0)
+    assert "already learns from demonstrations (CHORD)" in sinks[-1].remedies
