@@ -33,6 +33,15 @@ TERMS = [
 TIMEOUT_S = 240
 
 
+def fp32_bound(*scales) -> float:
+    """100 float32 eps of the largest magnitude in play: the rounding two
+    float32 paths that sum in different orders (here FSDP's reduce-scatter and
+    the per-rank loss sums against one rank's) may differ by on any CPU; see
+    fp32_bound in tests/unit/workers/test_learner.py (issue #25)."""
+    eps = torch.finfo(torch.float32).eps
+    return 100 * eps * max(float(torch.as_tensor(s).abs().max()) for s in scales)
+
+
 def make_batch(seed: int) -> TrainBatch:
     g = torch.Generator().manual_seed(seed)
     B, L = len(LENGTHS), max(LENGTHS)
@@ -103,9 +112,12 @@ def test_two_ranks_update_like_one_and_their_checkpoint_reshards(tmp_path, tiny_
     try:
         lp, stats = rl_step(one, make_batch(0))
         for r in range(2):  # each rank scored its own rows of the batch
+            # The same micro-batches on either side (BUDGET): the same sums, so tight.
             torch.testing.assert_close(ranks[r]["lp"], lp[r::2], atol=1e-6, rtol=0)
-            assert ranks[r]["loss"] == pytest.approx(stats.loss, rel=1e-6)
-        _compare(two["first"], one.full_state(), atol=1e-5)
+            # The loss adds the micro-batches' float32 sums in another order.
+            assert ranks[r]["loss"] == pytest.approx(stats.loss, abs=fp32_bound(stats.loss))
+        full = one.full_state()
+        _compare(two["first"], full, atol=fp32_bound(*full.values()))
     finally:
         one.shutdown()
 
@@ -117,8 +129,9 @@ def test_two_ranks_update_like_one_and_their_checkpoint_reshards(tmp_path, tiny_
         assert resumed.steps == 1
         _compare(two["first"], resumed.full_state(), atol=0)
         _, stats2 = rl_step(resumed, make_batch(1))
-        assert ranks[0]["loss2"] == pytest.approx(stats2.loss, rel=1e-6)
-        _compare(two["second"], resumed.full_state(), atol=1e-5)
+        assert ranks[0]["loss2"] == pytest.approx(stats2.loss, abs=fp32_bound(stats2.loss))
+        full = resumed.full_state()
+        _compare(two["second"], full, atol=fp32_bound(*full.values()))
     finally:
         resumed.shutdown()
 

@@ -78,7 +78,11 @@ def test_four_updates_per_step_over_whole_groups_with_the_clip_binding(tmp_path,
         # The first update starts at the sampling policy: ratio 1, nothing clipped.
         assert clip[0] == 0.0
         assert max(clip[1:]) > 0, clip  # later updates moved the ratio past the clip
-        assert all(abs(st.metrics["ppo_clip/ratio"] - 1) < 1e-5 for _, st in step[:1])
+        # Ratio 1 up to float32 rounding: the minibatch's micro-batches are not the full
+        # batch's, so the log-probs differ by a few eps * |log p| on some CPUs (issue #25).
+        mb0, st0 = step[0]
+        tol = 100 * torch.finfo(torch.float32).eps * float(mb0.old_logprobs.abs().max())
+        assert abs(st0.metrics["ppo_clip/ratio"] - 1) < tol, tol
 
     # The learner and the critic each took 4 optimizer steps per training step, and
     # their schedules count them: linear decay over 2 x 4 steps.
