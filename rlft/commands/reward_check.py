@@ -161,8 +161,8 @@ def term_kwargs(text: str, n: int) -> list[dict]:
     return [dict(v) for v in value]
 
 
-def read_records(path: str) -> list[dict]:
-    """The JSON objects of a JSON-lines file, errors naming the line."""
+def read_records(path: str) -> list[tuple[int, dict]]:
+    """(line number, JSON object) for each line of a JSON-lines file; errors name the line."""
     out = []
     for i, line in enumerate(Path(path).expanduser().read_text().splitlines(), 1):
         if not line.strip():
@@ -172,8 +172,9 @@ def read_records(path: str) -> list[dict]:
         except json.JSONDecodeError as exc:
             raise CheckError(f"--completions {path}: line {i} is not JSON ({exc})") from exc
         if not isinstance(record, Mapping):
-            raise CheckError(f"--completions {path}: line {i} is not a JSON object")
-        out.append(dict(record))
+            raise CheckError(f"--completions {path}: line {i} is not a JSON object, got "
+                             f"{line[:80]!r}")
+        out.append((i, dict(record)))
     return out
 
 
@@ -203,18 +204,11 @@ def with_episodes(ro: Rollouts, env: str, records: list[dict] | None) -> Rollout
 
 
 def read_completions(path: str) -> list[str]:
-    lines = Path(path).expanduser().read_text().splitlines()
     out = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CheckError(f"--completions {path}: line {i} is not JSON ({exc})") from exc
-        if not isinstance(record, Mapping) or not isinstance(record.get("completion"), str):
+    for i, record in read_records(path):
+        if not isinstance(record.get("completion"), str):
             raise CheckError(f"--completions {path}: line {i} needs a string 'completion' field, "
-                             f"got {line[:80]!r}")
+                             f"got {json.dumps(record)[:80]!r}")
         out.append(record["completion"])
     return out
 
@@ -304,7 +298,7 @@ def main(argv: Sequence[str]) -> int:
         plan = plan_check(ns)
         check_rewards(plan.terms, label="REWARD")  # as rlft train checks (InputError: exit 2)
         if plan.env:
-            records = read_records(ns.completions) if ns.completions else None
+            records = [r for _, r in read_records(ns.completions)] if ns.completions else None
             ro = build_rollouts(plan.data, plan.split, ns.limit, None, len(records or []))
             ro = with_episodes(ro, plan.env, records)
         else:
