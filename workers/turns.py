@@ -3,7 +3,9 @@
 Engine-agnostic: it asks any `RolloutEngine` to continue token-id contexts
 (one `generate` call per turn for every unfinished sample of the batch, so
 vLLM's prefix cache and the transformers engine's batching both apply) and a
-`ToolRunner` (or anything with its `run`) to execute the calls.
+`Responder` to answer each turn: `ToolResponder` runs the calls through a
+`ToolRunner` (or anything with its `run`); an environment's
+(`rlft.workers.episodes`) steps the sample's episode.
 
 Token in, token out. A trajectory is token ids from start to end: the model's
 tokens exactly as sampled, then each tool turn as the chat template's glue
@@ -17,7 +19,8 @@ It calls tools when `rewards/tool_parse.parse_calls` finds calls in it (the
 Hermes/Qwen `<tool_call>{...}</tool_call>` blocks and the JSON call forms
 the `tool_call` reward reads); a `<tool_call>` block that holds no readable
 call gets an error message, as a failed tool would. A trajectory ends at an
-answer (a turn with no call), at `max_turns` model turns, when the engine
+answer (with tools: a turn with no call; in an environment: when it says
+done), at `max_turns` model turns, when the engine
 stops it for length, or when `max_total_tokens` (all turns and tool
 messages, after the prompt) would be exceeded (finish reason "length").
 """
@@ -69,7 +72,6 @@ class Trajectory:
     pending: list[ToolRequest] = field(default_factory=list, repr=False)  # this turn's calls
     episode: int = -1  # rollout.env: the environment episode it plays
     env_reward: float | None = None  # the sum of the rewards its environment returned
-    env_state: Any = None  # its environment's end state (JSON)
     env_steps: int = 0
 
     @property
