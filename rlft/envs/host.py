@@ -163,7 +163,6 @@ class EnvHost:
         got = self._run([("step", e, dict(m)) for e, m in moves])
         return {e: v if ok else self._failed(e, v) for e, (ok, v) in got.items()}
 
-
     def close(self, eids: Sequence[int]) -> dict[int, Any]:
         """End episodes; each one's end state (None where it was lost)."""
         got = self._run([("close", e, None) for e in eids])
