@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from loop_helpers import ray_per_module  # noqa: F401 (autouse fixture)
+from tolerances import fp32_bound
 
 from rlft.algos.chord import expert_count
 from rlft.algos.schedules import chord_mu, prefix_window, select_top_entropy
@@ -19,15 +20,6 @@ from rlft.loop import TrainingLoop
 HERE = Path(__file__).parent
 DISTINCT = f"{HERE / 'length_reward.py'}:distinct_chars"
 ODD = f"{HERE / 'algo_rewards.py'}:odd_varies"
-
-
-def fp32_bound(*scales) -> float:
-    """100 float32 eps of the largest magnitude in play. The step's loss adds the
-    weighted terms in float32, the test adds the per-term metrics in float64: they
-    differ by a few eps of the terms (one micro-batch at the default budget); see
-    fp32_bound in tests/unit/workers/test_learner.py (issue #25)."""
-    eps = torch.finfo(torch.float32).eps
-    return 100 * eps * max(float(torch.as_tensor(s).abs().max()) for s in scales)
 
 
 def _cfg(tmp_path, model_path, name, reward=DISTINCT, extra=()):
@@ -110,6 +102,7 @@ def test_chord_mixes_expert_rows_and_weights_them_by_mu(tmp_path, tiny_model_pat
         # The learner summed exactly those weights: loss = (1-mu) ppo + mu expert.
         m = stats.metrics
         parts = ((1 - mu) * m["ppo_clip/loss"], mu * m["chord_expert/loss"])
+        # The step adds the weighted terms in float32, this sum the metrics in float64.
         assert stats.loss == pytest.approx(sum(parts), abs=fp32_bound(stats.loss, *parts))
         assert 0 < m["chord_expert/phi"] <= 0.25  # phi = p(1-p) was applied
 

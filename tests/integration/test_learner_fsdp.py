@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from tolerances import fp32_bound
 
 from rlft.learner.microbatch import plan_micro_batches
 from rlft.types import TrainBatch
@@ -31,15 +32,6 @@ TERMS = [
     LossTermSpec("kl", 0.1, "policy", "seq_mean_token_mean"),
 ]
 TIMEOUT_S = 240
-
-
-def fp32_bound(*scales) -> float:
-    """100 float32 eps of the largest magnitude in play: the rounding two
-    float32 paths that sum in different orders (here FSDP's reduce-scatter and
-    the per-rank loss sums against one rank's) may differ by on any CPU; see
-    fp32_bound in tests/unit/workers/test_learner.py (issue #25)."""
-    eps = torch.finfo(torch.float32).eps
-    return 100 * eps * max(float(torch.as_tensor(s).abs().max()) for s in scales)
 
 
 def make_batch(seed: int) -> TrainBatch:
@@ -116,7 +108,7 @@ def test_two_ranks_update_like_one_and_their_checkpoint_reshards(tmp_path, tiny_
             torch.testing.assert_close(ranks[r]["lp"], lp[r::2], atol=1e-6, rtol=0)
             # The loss adds the micro-batches' float32 sums in another order.
             assert ranks[r]["loss"] == pytest.approx(stats.loss, abs=fp32_bound(stats.loss))
-        full = one.full_state()
+        full = one.full_state()  # FSDP's reduce-scatter sums the ranks' gradients in its order
         _compare(two["first"], full, atol=fp32_bound(*full.values()))
     finally:
         one.shutdown()

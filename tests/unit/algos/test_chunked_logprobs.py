@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from tolerances import fp32_bound
 
 from rlft.algos.logprobs import logprobs_from_hidden, logprobs_from_logits
 
@@ -68,19 +69,8 @@ def test_chunked_equals_naive_values_and_gradients(chunk, use):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
-def fp32_bound(ref: torch.Tensor) -> float:
-    """Rounding allowed to a float32 result against its float64 value.
-
-    Each output is a sum of at most V=503 terms (softmax, entropy) or N=37 rows
-    (the head's gradient), each no larger than the output's largest entry. Summed
-    in float32 in any order, the error's worst case is about V * eps * scale and
-    its typical size sqrt(V) * eps * scale (~22 eps * scale); the largest seen on
-    Intel and AMD CPUs was 15 eps * scale. 100 eps * scale (1.2e-5 of the largest
-    entry) leaves room for any kernel while a wrong formula is off by O(scale).
-    """
-    return 100 * torch.finfo(torch.float32).eps * ref.abs().max().item()
-
-
+# fp32_bound: each output here sums at most V=503 terms (softmax, entropy) or N=37
+# rows (the head's gradient), each no larger than the output's largest entry.
 @pytest.mark.parametrize("chunk", [1, 8, 1024])
 def test_float32_paths_are_within_rounding_of_float64(chunk):
     hidden, weight, labels, g_lp, g_ent = case(chunk)

@@ -14,7 +14,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 import torch.multiprocessing as mp
 from peft import PeftModel
-from test_learner import fp32_bound, make_batch, naive_logprobs
+from test_learner import make_batch, naive_logprobs
+from tolerances import fp32_bound
 from transformers import AutoModelForCausalLM
 
 from rlft.config import ConfigError, load_config

@@ -12,11 +12,11 @@ from test_learner import (
     _mixed_terms,
     _rl_batch,
     assert_close_weights,
-    fp32_bound,
     learner,
     make_batch,
     weights,
 )
+from tolerances import fp32_bound
 from transformers import AutoModelForCausalLM
 
 from rlft.learner.microbatch import plan_micro_batches
