@@ -177,16 +177,17 @@ class MethodEpisode:
     instance: Any
     names: frozenset[str]
     user_turns: list[str] = field(default_factory=list)
+    max_chars: int = 1000
 
-    def step(self, msg: Mapping[str, Any], max_chars: int) -> Observation:
+    def step(self, msg: Mapping[str, Any]) -> Observation:
         calls = msg.get("tool_calls") or []
         if not calls:
             if self.user_turns:
                 return Observation(({"role": "user", "content": self.user_turns.pop(0)},))
             return Observation(done=True)
-        return Observation(tuple(self._call(c, max_chars) for c in calls))
+        return Observation(tuple(self._call(c) for c in calls))
 
-    def _call(self, call: Mapping[str, Any], max_chars: int) -> dict[str, Any]:
+    def _call(self, call: Mapping[str, Any]) -> dict[str, Any]:
         name, args = call.get("name", "?"), call.get("arguments")
         if call.get("error"):
             return {"role": "tool", "name": name, "content": f"Error: {call['error']}", "ok": False}
@@ -196,13 +197,44 @@ class MethodEpisode:
             why = f"the arguments of {name!r} must be a JSON object"
         else:
             try:
-                out = as_text(getattr(self.instance, name)(**args), max_chars)
+                out = as_text(getattr(self.instance, name)(**args), self.max_chars)
                 return {"role": "tool", "name": name, "content": out, "ok": True}
             except MemoryError:  # the environment's failure, not the model's: the host ends it
                 raise
             except Exception as exc:  # noqa: BLE001  (the model reads the error; the episode goes on)
                 why = f"{type(exc).__name__}: {str(exc)[:300]}"
         return {"role": "tool", "name": name, "content": f"Error: {why}", "ok": False}
+
+
+@dataclass
+class ProtocolEpisode:
+    """The protocol form: the instance's own `step`, its answer checked and bounded."""
+
+    instance: Any
+    max_chars: int = 1000
+
+    def step(self, msg: Mapping[str, Any]) -> Observation:
+        return observation(self.instance.step(msg), f"{type(self.instance).__name__}.step",
+                           self.max_chars)
+
+
+def start(cls: type, row: Mapping[str, Any], max_chars: int = 1000
+          ) -> tuple[MethodEpisode | ProtocolEpisode, list, list[dict[str, Any]]]:
+    """One episode from `row`, either form: (the episode, whose `step(message)` gives
+    an `Observation` and whose `instance` holds the state; the messages `reset`
+    returned, [] for none or the method form; the tools shown to the model)."""
+    instance = make(cls, row)
+    if is_protocol(cls):
+        msgs = instance.reset(dict(row))
+        if msgs is not None and not isinstance(msgs, (list, tuple)):
+            raise TypeError(f"{cls.__name__}.reset returned {type(msgs).__name__}; return a "
+                            f"list of messages, or None to keep the row's prompt")
+        tools = getattr(cls, "tools", None)
+        return (ProtocolEpisode(instance, max_chars), list(msgs or ()),
+                method_schemas(cls, tools) if tools else [])
+    schemas = method_schemas(cls, row.get("tools") or None)
+    names = frozenset(sc["function"]["name"] for sc in schemas)
+    return MethodEpisode(instance, names, user_turns(row), max_chars), [], schemas
 
 
 def user_turns(row: Mapping[str, Any]) -> list[str]:
@@ -237,25 +269,18 @@ def replay_conversation(cls: type, row: Mapping[str, Any], messages: Sequence[Ma
     its text (`<tool_call>` blocks). For `rlft reward check --env`."""
     from rlft.rewards.tool_parse import parse_calls  # torch-free
 
-    instance = make(cls, row)
-    protocol = is_protocol(cls)
-    episode = instance if protocol else MethodEpisode(
-        instance, frozenset(s["function"]["name"] for s in method_schemas(cls, row.get("tools"))),
-        user_turns(row))
-    if protocol:
-        instance.reset(dict(row))
+    episode, _, _ = start(cls, row, max_chars)
     reward, steps = None, 0
     for m in messages:
         if m.get("role") != "assistant":
             continue
         calls = m.get("tool_calls") or [{"name": c.name, "arguments": c.arguments}
                                         for c in parse_calls(str(m.get("content", "")))]
-        msg = {"role": "assistant", "content": m.get("content", ""), "tool_calls": calls}
-        obs = observation(episode.step(msg), f"{cls.__name__}.step", max_chars) if protocol \
-            else episode.step(msg, max_chars)
+        obs = episode.step({"role": "assistant", "content": m.get("content", ""),
+                            "tool_calls": calls})
         steps += 1
         if obs.reward is not None:
             reward = (reward or 0.0) + obs.reward
         if obs.done:
             break
-    return state_of(instance), reward, steps
+    return state_of(episode.instance), reward, steps

@@ -23,16 +23,11 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from rlft.envs.base import (
-    MethodEpisode,
     Observation,
     env_class,
-    is_protocol,
-    make,
     message,
-    method_schemas,
-    observation,
+    start,
     state_of,
-    user_turns,
 )
 
 START_TIMEOUT_S = 60.0
@@ -70,30 +65,12 @@ def _limit_memory(memory_mb: int) -> None:
 
 
 def _handle(cls: type, episodes: dict, op: str, eid: int, payload: Any, max_chars: int) -> Any:
-    where = f"{cls.__name__}"
     if op == "open":
-        row = payload
-        instance = make(cls, row)
-        if is_protocol(cls):
-            msgs = instance.reset(row)
-            if msgs is not None and not isinstance(msgs, (list, tuple)):
-                raise TypeError(f"{where}.reset returned {type(msgs).__name__}; return a list of "
-                                f"messages, or None to keep the row's prompt")
-            episodes[eid] = instance
-            tools = getattr(cls, "tools", None) or ()
-            return Opened(tuple(_first(m, where, max_chars) for m in msgs or ()),
-                          tuple(method_schemas(cls, tools) if tools else ()))
-        schemas = method_schemas(cls, row.get("tools") or None)
-        names = frozenset(s["function"]["name"] for s in schemas)
-        episodes[eid] = MethodEpisode(instance, names, user_turns(row))
-        return Opened((), tuple(schemas))
-    ep = episodes[eid]
+        episodes[eid], msgs, tools = start(cls, payload, max_chars)
+        return Opened(tuple(_first(m, cls.__name__, max_chars) for m in msgs), tuple(tools))
     if op == "step":
-        if isinstance(ep, MethodEpisode):
-            return ep.step(payload, max_chars)
-        return observation(ep.step(payload), f"{where}.step", max_chars)
-    episodes.pop(eid)
-    return state_of(ep.instance if isinstance(ep, MethodEpisode) else ep)
+        return episodes[eid].step(payload)
+    return state_of(episodes.pop(eid).instance)
 
 
 def _first(m: Any, where: str, max_chars: int) -> dict:
