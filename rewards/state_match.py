@@ -11,6 +11,7 @@ from `rollout.env` when the term does not give it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,6 +50,23 @@ def compare(got: Any, want: Any) -> dict[str, float]:
     return {"total": share, "exact": float(same == len(paths))}
 
 
+_REFERENCE: dict[str, Any] = {}  # reference end state by (env, row, calls), this process
+
+
+def reference_state(env: str, fields: dict[str, Any], reference_calls: Any) -> Any:
+    """The end state the row's reference calls leave, replayed once per row and
+    process: the n samples of a prompt share one replay (a user environment's
+    methods may be costly)."""
+    from rlft.envs.base import env_class, replay
+
+    key = json.dumps([env, fields, reference_calls], sort_keys=True, default=repr)
+    if key not in _REFERENCE:
+        if len(_REFERENCE) >= 4096:  # a bound, not a policy: rows rarely come back
+            _REFERENCE.clear()
+        _REFERENCE[key] = replay(env_class(env), fields, reference_calls)
+    return _REFERENCE[key]
+
+
 ABSENT = object()  # no `state` given: the sample is no environment episode
 
 
@@ -57,8 +75,6 @@ def state_match(completion: str, *, state: Any = ABSENT, reference_calls: Any = 
                 env: str | None = None, **fields: Any) -> dict[str, float] | None:
     """The episode's end state against the reference calls' (module docstring); None
     for a row without `reference_calls`, 0 when the episode's state was lost."""
-    from rlft.envs.base import env_class, replay
-
     if reference_calls is None:
         return None
     if not env:
@@ -67,7 +83,7 @@ def state_match(completion: str, *, state: Any = ABSENT, reference_calls: Any = 
     if state is ABSENT:
         raise ValueError("state_match scores environment episodes; this sample has no end "
                          "state (run with rollout.env, or check recorded ones with --env)")
-    want = replay(env_class(env), fields, reference_calls)
+    want = reference_state(env, fields, reference_calls)
     if state is None:  # the environment failed: its state died with its process
         return {"total": 0.0, "exact": 0.0}
     return compare(state, want)

@@ -92,19 +92,26 @@ def test_k1_runs_bank_episodes_over_two_user_turns(tmp_path, tiny_model_path):
     """Stateful episodes (rollout.env=bank) under the asynchronous loop: Prefix-RFT
     forces each demonstration's first call on half the samples; the bank in the
     sample's own environment process runs it, the model's next turn without a call
-    brings the second user turn, and state_match scores the end states."""
+    brings the second user turn, and state_match scores the end states. With
+    LoRA adapters: the merged weights the engine gets move only in the adapted
+    linear layers (embeddings, norms and lm_head are frozen)."""
     cfg = _cfg(tmp_path, tiny_model_path, "bank", "train.max_staleness=1",
                "data.source=builtin:bank", "rollout.env=bank", "rollout.max_turns=4",
                "rollout.max_total_tokens=160", "algo.name=prefix_rft",
                "algo.prefix.fraction=0.5", "algo.prefix.low_start=1.0",
                "algo.prefix.high_start=1.0", "algo.prefix.low_end=1.0",
                "algo.prefix.high_end=1.0", "reward.terms=[{name: state_match}]",
-               "rollout.stop=[' ']")  # a space ends the random model's turns
+               "rollout.stop=[' ']",  # a space ends the random model's turns
+               "model.lora.r=4")
     loop = TrainingLoop(cfg)
     try:
+        before = learner_weights(loop)
         history = loop.train()
+        after = learner_weights(loop)
     finally:
         loop.close()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and all(k.endswith("proj.weight") for k in changed), sorted(changed)[:5]
     for m in history:
         assert m.extra["rollout/tool_calls_mean"] >= 0.5, m.extra  # the forced calls ran
         assert m.extra["env/steps_mean"] >= 2.0, m.extra  # the second user turn came in

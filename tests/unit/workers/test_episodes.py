@@ -26,8 +26,11 @@ USER_ENV = '''
 import os, time
 
 class Cart:
+    made = 0  # instances made in this process
+
     def __init__(self, owner: str = "x"):
         self.owner, self.items = owner, []
+        Cart.made += 1
 
     def add(self, item: str) -> str:
         """Add an item to the cart."""
@@ -138,6 +141,17 @@ def test_bank_rows_are_fixed_disjoint_and_replay_to_their_answer():
         said = [m for m in json.loads(row["demonstration_turns"]) if m["role"] != "tool"]
         assert [m["role"] for m in said] == ["assistant", "assistant", "user", "assistant",
                                              "assistant"]
+
+
+def test_state_match_replays_a_rows_reference_once(user_env):
+    """The n samples of a prompt share one replay of the reference calls."""
+    env, row = f"{user_env}:Cart", {"env_args": {"owner": "ann"}}
+    calls = [[{"name": "add", "arguments": {"item": "pen"}}]]
+    cls, made = env_class(env), env_class(env).made
+    got = [state_match("", state={"owner": "ann", "items": items}, env=env,
+                       reference_calls=calls, **row) for items in (["pen"], [], ["pen"])]
+    assert [g["exact"] for g in got] == [1.0, 0.0, 1.0] and 0 < got[1]["total"] < 1
+    assert cls.made - made == 1
 
 
 def test_protocol_form_reset_replaces_the_prompt_and_rewards_add_up(tok, user_env):
