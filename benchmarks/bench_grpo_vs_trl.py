@@ -49,7 +49,7 @@ from bench_weight_sync import (  # noqa: E402
 
 from rlft.algos.catalogue import build_algorithm  # noqa: E402
 from rlft.batch.collate import collate, with_advantages  # noqa: E402
-from rlft.config import Config  # noqa: E402
+from rlft.config import load_config  # noqa: E402
 from rlft.rewards.base import RewardTerm  # noqa: E402
 from rlft.types import Prompt, PromptBatch  # noqa: E402
 from rlft.workers.learner import Learner, LearnerParams  # noqa: E402
@@ -96,7 +96,7 @@ class Timer:
 
 def run_ours(folder: str, prompts: list[Prompt], args: argparse.Namespace,
              device: torch.device) -> list[dict[str, float]]:
-    cfg = Config()
+    cfg = load_config(None, [])
     cfg.rollout.n, cfg.rollout.max_new_tokens = args.group, args.new_tokens
     algo = build_algorithm(cfg)  # the real GRPO spec: estimator and loss terms
     dtype = "bfloat16" if device.type == "cuda" else "float32"

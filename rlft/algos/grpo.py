@@ -35,6 +35,9 @@ def ppo_params(cfg: Any, clip_low: float, clip_high: float) -> dict[str, Any]:
     params: dict[str, Any] = {"clip_low": clip_low, "clip_high": clip_high,
                               "dual_clip": a.dual_clip}
     c = a.rollout_is
+    if c.mode == "auto":  # a Config() built by hand: load_config resolves it
+        raise ValueError("algo.rollout_is.mode=auto is resolved when the config loads; build "
+                         "the config with rlft.config.load_config")
     if c.mode != "none":
         params.update(rollout_is=c.mode, rollout_is_level=c.level, rollout_is_cap=c.cap,
                       rollout_is_low=c.low, rollout_is_high=c.high)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import logging
 import math
 import types
 import typing
@@ -182,8 +183,15 @@ def _check_cross_fields(cfg: Config) -> None:
 
 
 def _check_async(cfg: Config) -> None:
-    """train.max_staleness >= 1 overlaps sampling and learning (rlft/run/pipeline.py)."""
-    k = cfg.train.max_staleness
+    """train.max_staleness >= 1 overlaps sampling and learning (rlft/run/pipeline.py);
+    it resolves algo.rollout_is.mode=auto: tis then, none for the synchronous loop."""
+    k, correction = cfg.train.max_staleness, cfg.algo.rollout_is
+    if correction.mode == "auto":
+        correction.mode = "tis" if k else "none"
+        if k:
+            logging.getLogger(__name__).info(
+                "train.max_staleness=%d: correcting towards the sampling policy with "
+                "algo.rollout_is.mode=tis (auto; set mis or tis to choose)", k)
     if k == 0:
         return
     if cfg.rollout.mode == "colocated":
@@ -194,9 +202,9 @@ def _check_async(cfg: Config) -> None:
     if cfg.algo.rollout_is.mode == "none":
         raise ConfigError(f"train.max_staleness={k} trains on samples up to {k} policy "
                           "versions old; without a correction they would be trained as if "
-                          "on-policy. Set algo.rollout_is.mode=tis (or mis): the PPO term is "
-                          "then weighted by pi_old / pi_rollout, towards the policy that "
-                          "sampled them")
+                          "on-policy. Leave algo.rollout_is.mode at auto (tis), or set tis or "
+                          "mis: the PPO term is then weighted by pi_old / pi_rollout, towards "
+                          "the policy that sampled them")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -3,6 +3,7 @@ and its bounds, documented once (`rlft config` prints them)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,14 +18,9 @@ def doc(default: Any, help: str, *, choices: tuple = (), lo: float | None = None
     """A dataclass field with help text and validation bounds in its metadata."""
     meta = {"help": help, "choices": choices, "lo": lo, "hi": hi}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        return field(default_factory=lambda: _copy(default), metadata=meta)
+        # deep: a shallow copy would share nested sections between every Config made
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
-
-
-def _copy(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return dataclasses.replace(value)
-    return type(value)(value)
 
 
 @dataclass
@@ -219,13 +215,13 @@ class SelfRewardConfig:
 
 @dataclass
 class RolloutISConfig:
-    mode: str = doc("none", "Rollout correction of the PPO loss for the rollout-vs-learner "
-                    "mismatch (mismatch/* metrics): none; tis = truncated importance sampling, "
-                    "weight min(pi_old / pi_rollout, cap); mis = masked importance sampling, "
-                    "drop tokens (or sequences) whose ratio leaves [low, high]. Use one when "
-                    "mismatch/logprob_abs_diff is well above 0 (bf16 or vLLM rollouts, large "
-                    "models, long responses): TIS keeps every sample, MIS discards the worst.",
-                    choices=("none", "tis", "mis"))
+    mode: str = doc("auto", "Rollout correction of the PPO loss for the rollout-vs-learner "
+                    "mismatch (mismatch/* metrics): auto = tis when train.max_staleness >= 1, "
+                    "else none; tis = truncated IS, weight min(pi_old / pi_rollout, cap); mis = "
+                    "masked IS, drop tokens (or sequences) whose ratio leaves [low, high]. Use "
+                    "one when mismatch/logprob_abs_diff is well above 0 (bf16 or vLLM rollouts, "
+                    "long responses): TIS keeps every sample, MIS discards the worst.",
+                    choices=("auto", "none", "tis", "mis"))
     level: str = doc("token", "Rollout correction per token, or per sequence (one weight per "
                      "sample: the product of its token ratios; stricter, suits long outputs).",
                      choices=("token", "sequence"))
@@ -315,9 +311,9 @@ class TrainConfig:
     max_staleness: int = doc(0, "Asynchronous training: the rollout workers sample up to K "
                              "batches ahead while the learner updates, so a batch is trained at "
                              "most K policy versions after the weights that sampled it; 0 = the "
-                             "synchronous loop. K >= 1 needs rollout.mode=split and "
-                             "algo.rollout_is.mode=tis or mis (the correction towards the "
-                             "behaviour policy).", lo=0)
+                             "synchronous loop. K >= 1 needs rollout.mode=split and a "
+                             "correction towards the behaviour policy (algo.rollout_is.mode: "
+                             "tis by default, or mis).", lo=0)
     stale_policy: str = doc("regenerate", "A batch older than train.max_staleness versions at "
                             "train time: regenerate (sample the same prompts again with the "
                             "current weights) or drop (train on fresh prompts instead; the "

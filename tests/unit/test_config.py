@@ -77,3 +77,12 @@ def test_integer_ranges(n):
     else:
         with pytest.raises(ConfigError, match="train.steps"):
             load_config(None, [f"train.steps={n}"])
+
+
+def test_configs_share_no_nested_section():
+    """Defaults are deep copies: resolving one config's setting leaves the others alone."""
+    a, b = Config(), Config()
+    a.algo.rollout_is.mode, a.reward.terms = "tis", []
+    assert b.algo.rollout_is.mode == "auto" and b.reward.terms
+    assert load_config(None, ["train.max_staleness=1"]).algo.rollout_is.mode == "tis"
+    assert load_config(None, []).algo.rollout_is.mode == "none"

@@ -130,8 +130,8 @@ def test_errors_name_the_setting():
 def test_async_config_fails_before_any_model_loads():
     from rlft.config import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match="algo.rollout_is.mode=tis"):
-        load_config(None, ["train.max_staleness=1"])
+    with pytest.raises(ConfigError, match="algo.rollout_is.mode at auto"):
+        load_config(None, ["train.max_staleness=1", "algo.rollout_is.mode=none"])
     with pytest.raises(ConfigError, match="rollout.mode=split"):
         load_config(None, ["train.max_staleness=1", "algo.rollout_is.mode=tis",
                            "rollout.mode=colocated"])
