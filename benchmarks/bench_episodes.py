@@ -2,6 +2,7 @@
 and a slow environment step, on the tiny model (transformers engine, CPU).
 
     python benchmarks/bench_episodes.py [--episodes 16] [--slow 0.6] [--fast 0.02] [--repeat 3]
+    python benchmarks/bench_episodes.py --engine vllm   (SmolLM2 on vLLM: streamed turns too)
     python benchmarks/bench_episodes.py --small     (CI smoke size)
 
 Episode i takes 1 + i % 4 model turns; the environment answers one of its
@@ -13,7 +14,9 @@ as soon as its own step is back. Turns stop at the first vowel or space the
 random model writes (stop strings), so they are short and real. Prints the
 best of `--repeat` wall times for each, their ratio, and the ideal: the
 longest single episode (its turns' steps plus one engine call per turn, as
-measured alone).
+measured alone). With `--engine vllm` the episode loop streams each turn
+(workers/vllm_stream.py: a request joins the running batch at the next engine
+step); a third row runs it with one `generate` call per ready set instead.
 """
 
 from __future__ import annotations
@@ -49,6 +52,18 @@ def episodes(n: int, slow: float, fast: float, tok) -> list:
     rows = [{"prompt": f"Say something about the number {i}.", "delays": d}
             for i, d in enumerate(delays(n, slow, fast))]
     return list(build_prompts(rows, tok).prompts)
+
+
+class Batched:
+    """The engine without `stream`: the episode loop then calls `generate` per ready set."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def __getattr__(self, name: str):
+        if name == "stream":
+            raise AttributeError(name)
+        return getattr(self.engine, name)
 
 
 def run(loop: str, prompts: list, engine, tok, workers: int, repeat: int) -> tuple[float, list]:
@@ -93,6 +108,8 @@ def main() -> int:
     ap.add_argument("--fast", type=float, default=0.02, help="seconds per fast step")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--small", action="store_true", help="8 episodes, slow 0.3 s, 1 repeat")
+    ap.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                    help="hf: the tiny model; vllm: SmolLM2-135M-Instruct on vLLM")
     ns = ap.parse_args()
     if ns.small:
         ns.episodes, ns.slow, ns.repeat = 8, 0.3, 1
@@ -102,20 +119,30 @@ def main() -> int:
     from rlft.workers.rollout import HFEngine
 
     torch.set_num_threads(1)
-    path = resolve_model("tiny-random")
+    if ns.engine == "vllm":
+        from rlft.workers.vllm_engine import VLLMEngine
+
+        path = resolve_model("smollm2-135m-instruct")
+        engine = VLLMEngine(path, seed=0, kv_cache_gb=0.5, max_model_len=1024, in_process=True)
+    else:
+        path = resolve_model("tiny-random")
+        engine = HFEngine(path, seed=0)
     tok = load_tokenizer(path)
-    engine = HFEngine(path, seed=0)
     prompts = episodes(ns.episodes, ns.slow, ns.fast, tok)
     g = one_call_s(engine, prompts)
     ideal = max(sum(g + d for d in ds) for ds in delays(ns.episodes, ns.slow, ns.fast))
     lock, lock_steps = run("lockstep", prompts, engine, tok, ns.episodes, ns.repeat)
     ep, ep_steps = run("episode", prompts, engine, tok, ns.episodes, ns.repeat)
-    print(f"{ns.episodes} episodes of 1-4 turns, slow step {ns.slow} s, fast {ns.fast} s, "
-          f"one engine call {g:.3f} s; environment steps per episode equal: "
+    rows = [("lockstep", lock), ("episode" + (", streamed" if ns.engine == "vllm" else ""), ep)]
+    if ns.engine == "vllm":
+        rows.append(("episode, a generate call per ready set",
+                     run("episode", prompts, Batched(engine), tok, ns.episodes, ns.repeat)[0]))
+    print(f"{ns.episodes} episodes of 1-4 turns on {ns.engine}, slow step {ns.slow} s, fast "
+          f"{ns.fast} s, one engine call {g:.3f} s; environment steps per episode equal: "
           f"{lock_steps == ep_steps}")
     print("| loop | wall (s) | vs lockstep |\n| --- | ---: | ---: |")
-    print(f"| lockstep | {lock:.2f} | 1.00x |")
-    print(f"| episode | {ep:.2f} | {lock / ep:.2f}x |")
+    for name, wall in rows:
+        print(f"| {name} | {wall:.2f} | {lock / wall:.2f}x |")
     print(f"| ideal (longest episode alone) | {ideal:.2f} | {lock / ideal:.2f}x |")
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -79,9 +80,12 @@ def episode_loop(engine: Any, tok: Any, batch: PromptBatch, params: Any,
                  trajs: list[Trajectory], first: Rollouts, resp: EnvResponder,
                  limits: TurnLimits) -> list[Trajectory]:
     """Each episode on its own clock: a trajectory whose environment has answered
-    generates its next turn with whatever others are ready then, while slower
-    environment steps go on in their processes. Same tokens and masks as the
-    lockstep loop; only which trajectories share an engine call differs."""
+    generates its next turn while slower environment steps go on in their
+    processes. On an engine that streams (vLLM: `engine.stream()`,
+    workers/vllm_stream.py) its request joins the running batch at the next
+    engine step and comes back alone when done; elsewhere it goes in the next
+    `generate` call with whatever others are ready then. Same tokens and masks
+    as the lockstep loop; only which trajectories share an engine call differs."""
     take_turn(trajs, range(len(trajs)), first, tok, limits)
     at = {t.episode: i for i, t in enumerate(trajs)}
     ready: list[int] = []
@@ -92,15 +96,25 @@ def episode_loop(engine: Any, tok: Any, batch: PromptBatch, params: Any,
             if not trajs[at[eid]].finish_reason:
                 ready.append(at[eid])
 
+    def took(live: list[int], out: Rollouts) -> None:
+        take_turn(trajs, live, out, tok, limits)
+        settle(resp.send([trajs[i] for i in live if not trajs[i].finish_reason]))
+
     settle(resp.send([t for t in trajs if not t.finish_reason]))
-    while ready or resp.host.pending():
-        settle(resp.host.poll_steps(None if not ready else 0))
-        settle(resp.host.poll_steps(0))  # everything that has arrived meanwhile goes too
-        if ready:
-            live, ready[:] = sorted(ready), []
-            take_turn(trajs, live, engine.generate(*next_turn(batch, trajs, live, params, limits)),
-                      tok, limits)
-            settle(resp.send([trajs[i] for i in live if not trajs[i].finish_reason]))
+    with (engine.stream() if hasattr(engine, "stream") else nullcontext()) as stream:
+        running: dict[str, int] = {}  # a streamed request -> its trajectory
+        while ready or running or resp.host.pending():
+            settle(resp.host.poll_steps(None if not (ready or running) else 0))
+            settle(resp.host.poll_steps(0))  # everything that has arrived meanwhile goes too
+            if ready:
+                live, ready[:] = sorted(ready), []
+                more = next_turn(batch, trajs, live, params, limits)
+                if stream is None:
+                    took(live, engine.generate(*more))
+                else:
+                    running.update(zip(stream.submit(*more), live))
+            for rid, out in stream.poll() if running else ():
+                took([running.pop(rid)], out)
     return trajs
 
 

@@ -304,15 +304,30 @@ class VLLMEngine:
                              f"unset (e.g. {', '.join(missing[:3])}); send the full state dict")
 
     def generate(self, batch: PromptBatch, params: SamplingParams) -> Rollouts:
+        if self.llm.llm_engine.has_unfinished_requests():  # they would come back mixed in
+            raise RuntimeError("vLLM still runs a stream's requests (workers/vllm_stream.py); "
+                               "poll or cancel them before generate")
+        outputs = self.llm.generate([{"prompt_token_ids": c} for c in self.contexts(batch)],
+                                    self.request_params(batch, params), use_tqdm=False)
+        return self.rollouts(batch, outputs)
+
+    def stream(self) -> Any:
+        """Requests that join the running batch as they come (the episode loop)."""
+        from rlft.workers.vllm_stream import Stream
+
+        return Stream(self)
+
+    @staticmethod
+    def contexts(batch: PromptBatch) -> list[list[int]]:
+        """Each request's token ids: its prompt, then its forced prefix."""
         for i, p in enumerate(batch.prompts):
             if not p.prompt_ids:
                 raise ValueError(f"prompt {i} (uid {p.uid!r}) has no prompt_ids; every request "
                                  "needs at least one token (e.g. BOS or the chat template)")
-        contexts = [list(p.prompt_ids) + list(pre)
-                    for p, pre in zip(batch.prompts, batch.prefix_ids)]
-        outputs = self.llm.generate(
-            [{"prompt_token_ids": c} for c in contexts],
-            self._request_params(batch, params), use_tqdm=False)
+        return [list(p.prompt_ids) + list(pre) for p, pre in zip(batch.prompts, batch.prefix_ids)]
+
+    def rollouts(self, batch: PromptBatch, outputs: Sequence[Any]) -> Rollouts:
+        """vLLM's RequestOutputs, one per prompt of `batch` in order, as Rollouts."""
         req: list[int] = []
         resp: list[tuple[int, ...]] = []
         logps: list[tuple[float, ...]] = []
@@ -344,7 +359,7 @@ class VLLMEngine:
             policy_version=self.policy_version,
         )
 
-    def _request_params(self, batch: PromptBatch, params: SamplingParams) -> list[Any]:
+    def request_params(self, batch: PromptBatch, params: SamplingParams) -> list[Any]:
         """One vLLM SamplingParams per request (seeds and prefix scoring differ)."""
         from vllm import SamplingParams as VLLMSamplingParams
 

