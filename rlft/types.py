@@ -192,6 +192,39 @@ class ScoredRollouts:
     seconds: float = 0.0
 
 
+TOKENS = ("all", "sampled", "prefix")  # response tokens: all, the engine's draws, a forced prefix
+ROWS = ("all", "policy", "expert")  # rows: all, sampled ones, demonstrations
+
+
+def loss_mask(response_mask: torch.Tensor, prefix_mask: torch.Tensor | None = None,
+              expert_mask: torch.Tensor | None = None, tokens: str = "all",
+              rows: str = "all") -> torch.Tensor:
+    """[B, L] bool: which tokens count, the one definition every stage uses.
+
+    `response_mask` restricted to `tokens` (TOKENS) of `rows` (ROWS). Without a
+    `prefix_mask` no token is forced; without an `expert_mask` ([B]) every row
+    is a policy row.
+
+    >>> resp = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1]], dtype=torch.bool)
+    >>> prefix = torch.tensor([[0, 1, 1, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    >>> loss_mask(resp, prefix, torch.tensor([False, True]), "sampled", "policy").int().tolist()
+    [[0, 0, 0, 1], [0, 0, 0, 0]]
+    """
+    if tokens not in TOKENS:
+        raise ValueError(f"tokens must be one of {', '.join(TOKENS)}; got {tokens!r}")
+    if rows not in ROWS:
+        raise ValueError(f"rows must be one of {', '.join(ROWS)}; got {rows!r}")
+    mask = response_mask.bool()
+    if tokens != "all":
+        forced = prefix_mask.bool() if prefix_mask is not None else torch.zeros_like(mask)
+        mask = mask & (forced if tokens == "prefix" else ~forced)
+    if rows != "all":
+        expert = expert_mask.bool() if expert_mask is not None else \
+            torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
+        mask = mask & (expert if rows == "expert" else ~expert)[:, None]
+    return mask
+
+
 @dataclass(frozen=True)
 class TrainBatch:
     """Padded tensors the learner consumes. Per-token fields are [B, L]."""
@@ -214,6 +247,10 @@ class TrainBatch:
     @property
     def num_tokens(self) -> int:
         return int(self.response_mask.sum())
+
+    def loss_mask(self, tokens: str = "all", rows: str = "all") -> torch.Tensor:
+        """[B, L] bool: `tokens` of `rows` (module-level `loss_mask`)."""
+        return loss_mask(self.response_mask, self.prefix_mask, self.expert_mask, tokens, rows)
 
     def with_(self, **changes: Any) -> TrainBatch:
         return replace(self, **changes)

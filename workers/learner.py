@@ -27,7 +27,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from rlft.algos.base import GlobalCounts
 from rlft.algos.contract import LossTermSpec
-from rlft.algos.mismatch import mismatch_means, mismatch_sums, sampled_tokens
+from rlft.algos.mismatch import mismatch_means, mismatch_sums
 from rlft.learner import checkpoint as learner_ckpt
 from rlft.learner import lora
 from rlft.learner.distributed import (
@@ -55,7 +55,7 @@ from rlft.learner.model import (
     compile_layers,
     local_source,
 )
-from rlft.types import TrainBatch
+from rlft.types import TrainBatch, loss_mask
 from rlft.workers.weight_sync import GROUPS, BroadcastSender, WeightUpdate, publish
 
 __all__ = ["Learner", "LearnerParams", "LoraParams", "LossTermSpec", "NonFiniteError",
@@ -258,10 +258,10 @@ class Learner:
         if batch.rollout_logprobs is None:
             return {}
         col = self.driver.cols
-        mask = sampled_tokens(col(batch.response_mask, mb),
-                              None if batch.prefix_mask is None else col(batch.prefix_mask, mb),
-                              None if batch.expert_mask is None
-                              else batch.expert_mask[mb.rows].to(self.device))
+        mask = loss_mask(col(batch.response_mask, mb),
+                         None if batch.prefix_mask is None else col(batch.prefix_mask, mb),
+                         None if batch.expert_mask is None
+                         else batch.expert_mask[mb.rows].to(self.device), "sampled", "policy")
         learner = out.logprobs if batch.old_logprobs is None else col(batch.old_logprobs, mb)
         return mismatch_sums(col(batch.rollout_logprobs, mb), learner, mask)
 

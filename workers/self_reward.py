@@ -62,7 +62,7 @@ class SelfRewardScorer:
         n = len(rollouts)
         # Padding is masked out, so its id does not matter.
         batch, _ = collate(ScoredRollouts(rollouts, torch.zeros(n), {}), pad_id=0)
-        mask = batch.response_mask & ~batch.expert_mask[:, None]  # [B, L]
+        mask = batch.loss_mask(rows="policy")  # [B, L]
         batch = batch.with_(response_mask=mask)
         sft, base = self.logprobs(self.sft, batch), self.logprobs(self.base, batch)
         rewards, raw = sequence_rewards(sft, base, mask, batch.group_id, self.norm, self.eps)

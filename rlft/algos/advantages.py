@@ -22,6 +22,7 @@ from dataclasses import replace
 import torch
 
 from rlft.algos.base import ADVANTAGES, AdvantageInputs, AdvantageOutput, AdvantageParams
+from rlft.types import loss_mask
 
 
 def _check(x: AdvantageInputs) -> None:
@@ -145,8 +146,7 @@ def prefix_rft(x: AdvantageInputs, p: AdvantageParams) -> AdvantageOutput:
     if p.base in ("prefix_rft", "gae"):
         raise ValueError(f"prefix_rft's base estimator must be critic-free and not itself; "
                          f"got {p.base!r} (choose grpo, dr_grpo, rloo, reinforce_pp)")
-    forced = x.response_mask & (x.prefix_mask.bool() if x.prefix_mask is not None
-                                else torch.zeros_like(x.response_mask))  # [B, L]
+    forced = loss_mask(x.response_mask, x.prefix_mask, tokens="prefix")  # [B, L]
     has = forced.any(-1)  # [B]
     groups = x.group_id * 2 + has.long() if p.split_prefix else x.group_id
     out = ADVANTAGES.get(p.base)(replace(x, group_id=groups), p)

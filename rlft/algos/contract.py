@@ -21,9 +21,8 @@ from typing import Any
 import torch
 
 from rlft.algos.base import AdvantageParams
-from rlft.types import Prompt, PromptBatch, ScoredRollouts, TrainBatch
+from rlft.types import ROWS, TOKENS, Prompt, PromptBatch, ScoredRollouts, TrainBatch
 
-TOKENS = ("all", "sampled", "prefix")
 REWARD_SOURCES = ("service", "self_reward")
 # Batch fields the loop can fill before advantages (Algorithm.needs): the
 # reference's log-probs, the sampling policy's log-probs, the critic's values,
@@ -39,7 +38,7 @@ class LossTermSpec:
     ("policy": sampled rows, "expert": demonstration rows, "all"); `tokens`
     picks tokens within them through `TrainBatch.prefix_mask` ("all",
     "sampled": not forced, "prefix": forced). The term's token mask is
-    `response_mask` restricted to both.
+    `TrainBatch.loss_mask(tokens, rows)`.
 
     `norm_tokens="all"` normalises the term by the counts of all its rows'
     tokens instead of its own, so two terms that split one token set (e.g.
@@ -59,29 +58,15 @@ class LossTermSpec:
     norm_tokens: str | None = None  # None: the term's own tokens
 
     def __post_init__(self) -> None:
-        if self.rows not in ("policy", "expert", "all"):
-            raise ValueError(f"LossTermSpec.rows must be policy, expert or all; got {self.rows!r}")
+        if self.rows not in ROWS:
+            raise ValueError(f"LossTermSpec.rows must be one of {', '.join(ROWS)}; "
+                             f"got {self.rows!r}")
         if self.tokens not in TOKENS:
             raise ValueError(f"LossTermSpec.tokens must be one of {', '.join(TOKENS)}; "
                              f"got {self.tokens!r}")
         if self.norm_tokens not in (None, "all"):
             raise ValueError(f"LossTermSpec.norm_tokens must be None or 'all' (a superset of "
                              f"the term's tokens); got {self.norm_tokens!r}")
-
-
-def token_mask(batch: TrainBatch, tokens: str) -> torch.Tensor:
-    """`response_mask` [B, L] restricted to "all", "sampled" or "prefix" tokens.
-
-    Without a `prefix_mask` no token is forced: "prefix" selects none.
-    """
-    if tokens not in TOKENS:
-        raise ValueError(f"tokens must be one of {', '.join(TOKENS)}; got {tokens!r}")
-    resp = batch.response_mask.bool()
-    if tokens == "all":
-        return resp
-    prefix = batch.prefix_mask.bool() if batch.prefix_mask is not None \
-        else torch.zeros_like(resp)
-    return resp & prefix if tokens == "prefix" else resp & ~prefix  # [B, L]
 
 
 def plain_batch(prompts: list[Prompt], step: int, n: int) -> PromptBatch:

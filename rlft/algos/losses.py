@@ -10,6 +10,7 @@ import torch
 
 from rlft.algos.base import LOSSES, LossInputs, LossOutput
 from rlft.algos.mismatch import rollout_is_weights
+from rlft.types import loss_mask
 
 
 def _need(x: LossInputs, name: str, term: str, why: str) -> torch.Tensor:
@@ -72,9 +73,8 @@ def ppo_clip(x: LossInputs, clip_low: float = 0.2, clip_high: float = 0.2,
     if rollout_is != "none":
         rollout = _need(x, "rollout_logprobs", "ppo_clip's rollout correction",
                         "the rollout engine must return log-probs")
-        sampled = x.response_mask.bool()
-        if x.prefix_mask is not None:  # forced tokens were not drawn from pi_rollout
-            sampled = sampled & ~x.prefix_mask.bool()
+        # forced tokens were not drawn from pi_rollout
+        sampled = loss_mask(x.response_mask, x.prefix_mask, tokens="sampled")
         w = rollout_is_weights(old, rollout, sampled, rollout_is, rollout_is_level,
                                rollout_is_cap, rollout_is_low, rollout_is_high)
         loss = w * loss

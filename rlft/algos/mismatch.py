@@ -27,17 +27,6 @@ CORRECTIONS = ("none", "tis", "mis")
 LEVELS = ("token", "sequence")
 
 
-def sampled_tokens(response_mask: torch.Tensor, prefix_mask: torch.Tensor | None,
-                   expert_mask: torch.Tensor | None) -> torch.Tensor:
-    """[B, L] bool: response tokens the engine sampled (not forced, not a demonstration)."""
-    mask = response_mask.bool()
-    if prefix_mask is not None:
-        mask = mask & ~prefix_mask.bool()
-    if expert_mask is not None:
-        mask = mask & ~expert_mask.bool()[:, None]
-    return mask
-
-
 def mismatch_sums(rollout_logprobs: torch.Tensor, learner_logprobs: torch.Tensor,
                   mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """Sums over the masked tokens (divide by `mismatch/tokens` after summing shards).

@@ -88,9 +88,7 @@ def keep_top_entropy_prefix(batch: TrainBatch, entropy: torch.Tensor, frac: floa
     """
     if batch.prefix_mask is None:
         return batch
-    prefix = batch.prefix_mask.bool() & batch.response_mask.bool()  # [B, L]
-    if batch.expert_mask is not None:
-        prefix = prefix & ~batch.expert_mask.bool()[:, None]
+    prefix = batch.loss_mask("prefix", "policy")  # [B, L]
     keep = select_top_entropy(entropy, prefix, frac)  # [B, L]
     return batch.with_(advantages=torch.where(prefix & ~keep, 0.0, batch.advantages))
 

@@ -16,13 +16,6 @@ from rlft.types import TrainBatch
 Shaper = Callable[[TrainBatch, torch.Tensor], tuple[torch.Tensor, Mapping[str, float]]]
 
 
-def _sampled_rows(batch: TrainBatch) -> torch.Tensor:
-    mask = batch.response_mask.bool()
-    if batch.expert_mask is not None:
-        mask = mask & ~batch.expert_mask.bool()[:, None]  # demonstrations get no reward
-    return mask  # [B, L]
-
-
 def kl_in_reward(batch: TrainBatch, token_rewards: torch.Tensor, coef: float, estimator: str
                  ) -> tuple[torch.Tensor, dict[str, float]]:
     """token_rewards [B, L] minus coef * KL_t on the response tokens, and the mean KL.
@@ -44,7 +37,7 @@ def kl_in_reward(batch: TrainBatch, token_rewards: torch.Tensor, coef: float, es
         if getattr(batch, name) is None:
             raise ValueError(f"kl_in_reward needs `{name}` in the batch: the spec must "
                              f"need old_logprobs and ref_logprobs")
-    mask = _sampled_rows(batch)
+    mask = batch.loss_mask(rows="policy")  # demonstrations get no reward
     kl = torch.where(mask, kl_penalty(batch.old_logprobs, batch.ref_logprobs, estimator), 0.0)
     mean = float(kl.sum() / mask.sum().clamp(min=1))
     return token_rewards - coef * kl, {"kl_reward/kl": mean}  # [B, L]
@@ -69,8 +62,8 @@ def overlong_penalty(batch: TrainBatch, token_rewards: torch.Tensor, max_len: in
     if buffer < 1 or buffer > max_len:
         raise ValueError(f"overlong_penalty: buffer must be in [1, max_len={max_len}] "
                          f"(algo.overlong_buffer); got {buffer}")
-    mask = _sampled_rows(batch)
-    sampled = mask if batch.prefix_mask is None else mask & ~batch.prefix_mask.bool()
+    mask = batch.loss_mask(rows="policy")  # demonstrations get no reward
+    sampled = batch.loss_mask("sampled", "policy")
     n = sampled.sum(-1).to(token_rewards.dtype)  # [B]
     pen = -penalty * ((n - (max_len - buffer)) / buffer).clamp(0.0, 1.0)  # [B]
     cols = torch.arange(mask.shape[1], device=mask.device)  # [L]

@@ -69,9 +69,7 @@ def with_advantages(
     expert term) do not use one, and they must not shift a group's baseline.
     """
     fn = ADVANTAGES.get(estimator)
-    policy_rows = ~batch.expert_mask if batch.expert_mask is not None else None
-    mask = batch.response_mask & policy_rows[:, None] if policy_rows is not None \
-        else batch.response_mask
+    mask = batch.loss_mask(rows="policy")
     out = fn(AdvantageInputs(token_rewards=token_rewards * mask, response_mask=mask,
                              group_id=batch.group_id, values=batch.values,
                              prefix_mask=batch.prefix_mask), params)

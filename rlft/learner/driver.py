@@ -17,9 +17,9 @@ from torch import nn
 from rlft.algos import losses  # noqa: F401  (registers the loss terms)
 from rlft.algos.aggregation import aggregate
 from rlft.algos.base import LOSSES, GlobalCounts, LossInputs
-from rlft.algos.contract import LossTermSpec, token_mask
+from rlft.algos.contract import LossTermSpec
 from rlft.learner.distributed import global_counts, reduce_sums
-from rlft.learner.microbatch import MicroBatch, check_batch, rows_mask, stand_in_inputs
+from rlft.learner.microbatch import MicroBatch, check_batch, stand_in_inputs
 from rlft.types import TrainBatch
 
 log = logging.getLogger("rlft.learner")
@@ -161,9 +161,8 @@ class LossDriver:
         if not terms:
             raise ValueError(f"{self.role} update needs at least one LossTermSpec")
         self.module.train()
-        masks = [rows_mask(batch, t.rows) & token_mask(batch, t.tokens) for t in terms]  # [B, L]
-        norm_masks = [m if t.norm_tokens is None else
-                      rows_mask(batch, t.rows) & token_mask(batch, t.norm_tokens)
+        masks = [batch.loss_mask(t.tokens, t.rows) for t in terms]  # [B, L]
+        norm_masks = [m if t.norm_tokens is None else batch.loss_mask(t.norm_tokens, t.rows)
                       for t, m in zip(terms, masks)]  # whose counts normalise each term
         # Normalising counts, then each term's own (its metrics are means over its tokens).
         both, (resp_tokens,) = global_counts(

@@ -1,4 +1,4 @@
-"""Batch checks, the row selector of a loss term, and the micro-batch plan:
+"""Batch checks and the micro-batch plan:
 which rows run together and how many columns they need. Nothing here runs a
 collective (`rlft.learner.distributed.world_plan` pads the plan across ranks)."""
 
@@ -10,8 +10,6 @@ import torch
 
 from rlft.learner.packing import pack_rows
 from rlft.types import TrainBatch
-
-ROWS = ("policy", "expert", "all")
 
 
 def check_batch(batch: TrainBatch) -> None:
@@ -46,23 +44,6 @@ def check_batch(batch: TrainBatch) -> None:
 def seq_lengths(attention_mask: torch.Tensor) -> torch.Tensor:
     """[B, L] right-padded mask -> [B] number of real tokens."""
     return attention_mask.long().sum(-1)  # [B]
-
-
-def rows_mask(batch: TrainBatch, rows: str) -> torch.Tensor:
-    """`response_mask` restricted to a term's rows ("policy", "expert", "all").
-
-    Without an `expert_mask` every row is a policy row, so "expert" selects none.
-    """
-    if rows not in ROWS:
-        raise ValueError(f"LossTermSpec.rows must be one of {', '.join(ROWS)}; got {rows!r}")
-    resp = batch.response_mask.bool()
-    if rows == "all":
-        return resp
-    expert = batch.expert_mask
-    if expert is None:
-        expert = torch.zeros(resp.shape[0], dtype=torch.bool, device=resp.device)
-    keep = expert.bool() if rows == "expert" else ~expert.bool()  # [B]
-    return resp & keep[:, None]  # [B, L]
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ The learner ranks are pinned to two different nodes and the rollout worker to a
 third by custom resources; `rlft train` goes in through `ray job submit`.
 Across nodes this exercises the learner world's rendezvous (rank 0's node IP),
 FSDP over gloo, the broadcast weight transport, per-node model materialisation
-(no node shares another's cache) and checkpoints in the one shared folder. Then
+(no node shares another's cache) and checkpoints in the one shared folder. The
+rollouts are stateful episodes (rollout.env=bank), so the environment
+processes start on the rollout worker's node and serve two user turns. Then
 the rollout worker's node is killed mid-run and a replacement node joins: the
 run goes on (Ray restarts the worker there, the loop re-sends the weights) and
 no step is lost.
@@ -29,6 +31,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def train_cmd(run_dir: Path, steps: int, *extra: str) -> str:
     args = ["launch/configs/grpo.yaml", "model.name=tiny-random", "rollout.engine=hf",
             "rollout.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=6",
+            "data.source=builtin:bank", "rollout.env=bank", "rollout.max_turns=4",
+            "rollout.max_total_tokens=160", "reward.terms=[{name: state_match}]",
+            'rollout.stop=[" "]',  # a space ends the random model's turn: the bank answers
             f"train.steps={steps}", "train.learner_workers=2", "checkpoint.every=1",
             "checkpoint.keep=10", "reward.num_workers=1", "ray.learner_resources={learner: 1}",
             "ray.rollout_resources={rollout: 1}", "rollout.weight_transport=broadcast",
@@ -61,6 +66,8 @@ def test_train_resume_and_node_fault_across_three_nodes():
         first = metrics(run)
         assert [m["step"] for m in first] == [0, 1, 2]
         assert [m["policy_version"] for m in first] == [0, 1, 2]
+        for m in first:  # each episode's bank ran on the rollout node; the second
+            assert m["env/steps_mean"] > 1.0 and m["env/errors"] == 0.0, m  # user turn came
         assert (run / "checkpoints" / "step-000003").is_dir()
         # Each node built the model into its own cache: nothing came through a shared disk.
         for node in c.nodes:

@@ -9,7 +9,7 @@ from tolerances import fp32_bound
 
 from rlft.algos.catalogue import build_algorithm
 from rlft.algos.chord import expert_count
-from rlft.algos.contract import LossTermSpec, keep_all, no_extra_rows, no_filter, token_mask
+from rlft.algos.contract import LossTermSpec, keep_all, no_extra_rows, no_filter
 from rlft.algos.prefix_rft import keep_top_entropy_prefix, split_samples
 from rlft.algos.schedules import chord_mu
 from rlft.batch.groups import varied_groups
@@ -37,10 +37,10 @@ def _batch(resp, prefix, expert=None) -> TrainBatch:
 
 def test_token_mask_and_term_validation():
     b = _batch([[0, 1, 1, 1], [0, 0, 1, 1]], [[0, 1, 1, 0], [0, 0, 0, 0]])
-    assert token_mask(b, "all").int().tolist() == [[0, 1, 1, 1], [0, 0, 1, 1]]
-    assert token_mask(b, "prefix").int().tolist() == [[0, 1, 1, 0], [0, 0, 0, 0]]
-    assert token_mask(b, "sampled").int().tolist() == [[0, 0, 0, 1], [0, 0, 1, 1]]
-    assert not token_mask(b.with_(prefix_mask=None), "prefix").any()
+    assert b.loss_mask("all").int().tolist() == [[0, 1, 1, 1], [0, 0, 1, 1]]
+    assert b.loss_mask("prefix").int().tolist() == [[0, 1, 1, 0], [0, 0, 0, 0]]
+    assert b.loss_mask("sampled").int().tolist() == [[0, 0, 0, 1], [0, 0, 1, 1]]
+    assert not b.with_(prefix_mask=None).loss_mask("prefix").any()
     with pytest.raises(ValueError, match="tokens must be one of all, sampled, prefix"):
         LossTermSpec("ppo_clip", 1.0, tokens="forced")
     with pytest.raises(ValueError, match="norm_tokens must be None or 'all'"):

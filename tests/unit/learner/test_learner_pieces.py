@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlft.learner.driver import lr_lambda, term_names
-from rlft.learner.microbatch import plan_micro_batches, rows_mask
+from rlft.learner.microbatch import plan_micro_batches
 from rlft.types import TrainBatch
 
 
@@ -41,14 +41,14 @@ def test_rows_mask_hand_worked():
     batch = TrainBatch(torch.zeros(3, 3, dtype=torch.long), torch.ones(3, 3, dtype=torch.bool),
                        resp, torch.zeros(3, 3), torch.arange(3), 0,
                        expert_mask=torch.tensor([False, True, False]))
-    assert rows_mask(batch, "all").tolist() == resp.tolist()
-    assert rows_mask(batch, "expert").tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 0]]
-    assert rows_mask(batch, "policy").tolist() == [[0, 1, 1], [0, 0, 0], [0, 1, 0]]
+    assert batch.loss_mask(rows="all").tolist() == resp.tolist()
+    assert batch.loss_mask(rows="expert").tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 0]]
+    assert batch.loss_mask(rows="policy").tolist() == [[0, 1, 1], [0, 0, 0], [0, 1, 0]]
     no_expert = batch.with_(expert_mask=None)  # every row is a policy row
-    assert not rows_mask(no_expert, "expert").any()
-    assert rows_mask(no_expert, "policy").tolist() == resp.tolist()
+    assert not no_expert.loss_mask(rows="expert").any()
+    assert no_expert.loss_mask(rows="policy").tolist() == resp.tolist()
     with pytest.raises(ValueError, match="rows must be one of"):
-        rows_mask(batch, "experts")
+        batch.loss_mask(rows="experts")
 
 
 def test_lr_lambda_hand_worked_and_loop():
