@@ -29,6 +29,7 @@ from rlft.config import Config
 from rlft.learner.driver import UpdateStats
 from rlft.rewards.fields import field_warnings
 from rlft.run import checkpoint, restarts, wiring
+from rlft.run.dispatch import gather_rows, on_ranks
 from rlft.run.folder import RunFolder
 from rlft.run.ledger import Ledger
 from rlft.run.nothing_to_learn import flat_group_metrics
@@ -277,20 +278,11 @@ class TrainingLoop:
     def _update_once(self, ranks: list, batch: TrainBatch, terms: tuple[LossTermSpec, ...]
                      ) -> UpdateStats:
         """One optimizer step of a role's world, each rank on its rows."""
-        world = len(ranks)
-        stats = ray.get([rank.update.remote(batch.rank_rows(r, world), terms)
-                         for r, rank in enumerate(ranks)])
-        return stats[0]  # every rank reports the same reduced figures
+        return on_ranks(ranks, "update", batch, terms)[0]  # every rank reports the same figures
 
     def values(self, batch: TrainBatch) -> torch.Tensor:
         """The critic's values [B, L] of the batch, assembled from its ranks' shards."""
-        world = len(self.pools.critics)
-        parts = ray.get([c.values.remote(batch.rank_rows(r, world))
-                         for r, c in enumerate(self.pools.critics)])
-        out = torch.zeros_like(batch.advantages)
-        for r, part in enumerate(parts):
-            out[r::world] = part
-        return out
+        return gather_rows(on_ranks(self.pools.critics, "values", batch), batch.advantages)
 
     def sync_weights(self, rejoin: bool = False) -> None:
         """The learner's weights, as version self.version, into every rollout worker
@@ -329,14 +321,9 @@ class TrainingLoop:
         self._rollout_all("wake")
 
     def _logprobs(self, batch: TrainBatch, ref: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        world = len(self.pools.learners)
-        parts = ray.get([lrn.compute_logprobs.remote(batch.rank_rows(r, world), ref)
-                         for r, lrn in enumerate(self.pools.learners)])
-        lp = torch.zeros_like(batch.advantages)
-        ent = torch.zeros_like(batch.advantages)
-        for r, (p_lp, p_ent) in enumerate(parts):
-            lp[r::world], ent[r::world] = p_lp, p_ent
-        return lp, ent
+        parts = on_ranks(self.pools.learners, "compute_logprobs", batch, ref)
+        return (gather_rows([p[0] for p in parts], batch.advantages),
+                gather_rows([p[1] for p in parts], batch.advantages))
 
     def save(self) -> Path:
         # The sampler as before the batches sampled ahead: a resume draws them again.
