@@ -26,7 +26,7 @@ commands:
   export RUN_DIR OUT_DIR                                    Hugging Face folder of the newest checkpoint
   eval CONFIG|RUN_DIR [key.sub=value ...] [--k K] [--limit N] [--out DIR]
                                       pass@k and mean reward on data.eval_split (eval.json, eval.md)
-  config                                                    every config key, its default and meaning
+  config [--markdown]                                       every config key, its default and meaning
   plot RUN_DIR [--out FILE]                                 curves.png: reward, length, KL, entropy, stage times
   runs [DIR]                                                the runs in DIR (default runs/), newest first
 
@@ -57,6 +57,14 @@ def _lazy(module: str) -> Callable[[list[str], Options], int]:
 
 
 def _config(args: list[str], opts: Options) -> int:
+    p = argparse.ArgumentParser(prog="rlft config", description="every config key, its default and meaning")
+    p.add_argument("--markdown", action="store_true",
+                   help="as the Markdown page docs/config-reference.md (one table per section)")
+    if p.parse_args(args).markdown:
+        from rlft.config.reference import markdown
+
+        sys.stdout.write(markdown())
+        return 0
     for path, default, help_ in describe(Config):
         print(f"{path:32} {default:28} {help_}")
     return 0

@@ -216,7 +216,7 @@ def to_yaml(cfg: Config) -> str:
 
 
 def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(path, default, help) rows for every leaf field: the README table and --help-config."""
+    """(path, default, help) rows for every leaf field: `rlft config` and docs/config-reference.md."""
     rows = []
     for f in dataclasses.fields(cls):
         path = _join(prefix, f.name)
