@@ -146,5 +146,5 @@ def test_the_run_config_holds_no_secret(tmp_path, monkeypatch):
 
 
 def test_docs_say_reward_files_are_code():
-    assert "Reward files are code" in (ROOT / "README.md").read_text()
+    assert "Reward files are code" in (ROOT / "docs" / "rewards.md").read_text()
 

@@ -71,7 +71,8 @@ def test_cluster_setup_is_the_documented_gpu_install(name):
 
 def test_documented_runtime_envs_are_valid_json():
     found = []
-    for name in ["README.md", "launch/README.md", *CLUSTERS]:
+    docs = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "docs").glob("*.md"))]
+    for name in ["README.md", *docs, "launch/README.md", *CLUSTERS]:
         for raw in re.findall(r"--runtime-env-json '([^']*)'", (ROOT / name).read_text()):
             found.append(json.loads(raw))
     assert len(found) >= 5
