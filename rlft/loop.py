@@ -55,12 +55,14 @@ log = logging.getLogger("rlft")
 class StageTimer:
     seconds: dict[str, float] = field(default_factory=dict)
 
-    def run(self, name: str, fn, *args):
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the block as stage `name`: `with t.stage("reward"): ...`."""
         start = time.perf_counter()
-        out = fn(*args)
-        # Summed: a stage may run several times in one step (dynamic sampling).
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-        return out
+        try:
+            yield
+        finally:  # summed: a stage may run several times in one step (dynamic sampling)
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 @dataclass(frozen=True)
@@ -141,12 +143,16 @@ class TrainingLoop:
         item, flow = self.ahead.take(step, self.version, lambda: self.sync_weights(rejoin=True))
         t.seconds.update(item.seconds)  # with K >= 1: sampled during the previous step
         with self.learner_phase(t):
-            batch, shaped = t.run("advantage", self.advantages, item.kept, item.prompts, step)
-            stats = {role.name: t.run(role.stage, self.update, role, batch)
-                     for role in self.roles}
+            with t.stage("advantage"):
+                batch, shaped = self.advantages(item.kept, item.prompts, step)
+            stats = {}
+            for role in self.roles:
+                with t.stage(role.stage):
+                    stats[role.name] = self.update(role, batch)
         self.version += 1
         flow.wait_s += self.ahead.settle()  # weights change between rollout batches only
-        t.run("sync", self.sync_weights, self.ahead.lost_weights())  # a restarted worker rejoins
+        with t.stage("sync"):
+            self.sync_weights(self.ahead.lost_weights())  # a restarted worker rejoins
         self.step += 1
         self.ledger.record(step, self.version - 1, item, self.sampler.prompt_at,
                            flow.dropped_draws)
@@ -170,12 +176,15 @@ class TrainingLoop:
             if prompts is None:  # sampling a batch again: its own rounds only
                 break
             drawn.append(tuple(prompts))
-            batch = t.run("prompts", algo.make_batch, prompts, step, self.cfg.rollout.n)
+            with t.stage("prompts"):
+                batch = algo.make_batch(prompts, step, self.cfg.rollout.n)
             batches.append(batch)
             seed = self.cfg.train.seed * 1_000_003 + step + r * 1_000_000_007
-            rollouts = t.run("rollout", self.generate, batch, step,
-                             sampling_params(self.cfg, seed=seed), version)
-            rounds.append(t.run("reward", self.score, rollouts))
+            with t.stage("rollout"):
+                rollouts = self.generate(batch, step, sampling_params(self.cfg, seed=seed),
+                                         version)
+            with t.stage("reward"):
+                rounds.append(self.score(rollouts))
             kept.append(take(rounds[-1], algo.keep_groups(rounds[-1])))
             if sum(num_groups(k) for k in kept) >= num_groups(rounds[0]):
                 break
@@ -194,12 +203,14 @@ class TrainingLoop:
         get the engines' accelerator memory) and wake before the sync, also after
         a failed update, for whoever goes on."""
         if self.colocated:
-            t.run("sleep", self._rollout_all, "sleep")
+            with t.stage("sleep"):
+                self._rollout_all("sleep")
         try:
             yield
         finally:
             if self.colocated:
-                t.run("wake", self._hand_gpus_to_rollout)
+                with t.stage("wake"):
+                    self._hand_gpus_to_rollout()
 
     # -- the calls of a step ------------------------------------------------------
     def generate(self, batch: PromptBatch, step: int, params: SamplingParams | None = None,
