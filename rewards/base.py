@@ -7,7 +7,6 @@ process should start in milliseconds, not the second torch takes.
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 import math
 import numbers
@@ -17,11 +16,9 @@ from typing import Any
 
 from rlft.registry import Registry
 
-REWARDS: Registry[Callable[..., Any]] = Registry("reward")
+REWARDS: Registry[Callable[..., Any]] = Registry("reward", builtins="rlft.rewards")
 # Row fields a reward reads: names, inner tuples of alternatives, or a function of its kwargs.
 Reads = tuple[str | tuple[str, ...], ...] | Callable[..., tuple]
-BUILTIN_MODULES = ("accuracy", "format", "json_structure", "tool_call", "cosine",
-                   "reasoning_gym", "state_match")
 
 
 class InvalidReward(ValueError):
@@ -110,8 +107,6 @@ def term_labels(terms: list[RewardTerm]) -> list[str]:
 
 def resolve(name: str) -> Callable[..., Any]:
     """A registered built-in or an import path (`file.py:fn`, `pkg.mod:fn`)."""
-    for module in BUILTIN_MODULES:
-        importlib.import_module(f"rlft.rewards.{module}")
     fn = REWARDS.get(name)
     if not callable(fn):
         raise TypeError(f"reward {name!r} resolves to a {type(fn).__name__}, not a function")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import pkgutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,9 +26,20 @@ class RegistryError(KeyError):
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    """Names of one kind. `builtins`: the package whose modules register the
+    built-in entries; every module in it is imported at the first lookup, so a
+    new built-in is its own file and is listed nowhere else."""
+
+    def __init__(self, kind: str, builtins: str | None = None) -> None:
+        self.kind, self.builtins = kind, builtins
         self._items: dict[str, T] = {}
+
+    def _discover(self) -> None:
+        package, self.builtins = self.builtins, None  # once (and not again from inside)
+        if package is not None:
+            for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+                if not info.name.startswith("_"):
+                    importlib.import_module(f"{package}.{info.name}")
 
     def register(self, name: str) -> Callable[[T], T]:
         def deco(obj: T) -> T:
@@ -39,6 +51,7 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
+        self._discover()
         if name in self._items:
             return self._items[name]
         if ":" in name:
@@ -51,13 +64,15 @@ class Registry(Generic[T]):
         )
 
     def names(self) -> list[str]:
+        self._discover()
         return sorted(self._items)
 
     def __contains__(self, name: str) -> bool:
+        self._discover()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._items))
+        return iter(self.names())
 
 
 def load_import_path(spec: str) -> object:

@@ -144,7 +144,7 @@ def _scalar(tp: type, value: Any, path: str, meta: Any) -> Any:
         raise ConfigError(f"{path}: {str(value)[:20]}... is too large ({exc})") from exc
     if tp is float and math.isnan(value):  # NaN passes every range comparison below
         raise ConfigError(f"{path}: expected a number, got NaN")
-    choices = meta.get("choices") or ()
+    choices = choices_of(meta)
     if choices and value not in choices:
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -215,6 +215,12 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+def choices_of(meta: Any) -> tuple:
+    """A field's valid values (a registry's names are read now)."""
+    choices = meta.get("choices") or ()
+    return tuple(choices() if callable(choices) else choices)
+
+
 def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
     """(path, default, help) rows for every leaf field: `rlft config` and docs/config-reference.md."""
     rows = []
@@ -224,5 +230,7 @@ def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]
         if dataclasses.is_dataclass(default) and not isinstance(default, list):
             rows.extend(describe(type(default), path))
         else:
-            rows.append((path, repr(default), f.metadata.get("help", "")))
+            choices = choices_of(f.metadata)
+            listed = f" Choices: {', '.join(map(str, choices))}." if choices else ""
+            rows.append((path, repr(default), f.metadata.get("help", "") + listed))
     return rows

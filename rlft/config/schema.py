@@ -3,24 +3,11 @@ and its bounds, documented once (`rlft config` prints them)."""
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
+from rlft.config.fields import ConfigError, doc, names_in
 
-class ConfigError(ValueError):
-    """Bad configuration; the message names the field path and the fix."""
-
-
-def doc(default: Any, help: str, *, choices: tuple = (), lo: float | None = None,
-        hi: float | None = None) -> Any:
-    """A dataclass field with help text and validation bounds in its metadata."""
-    meta = {"help": help, "choices": choices, "lo": lo, "hi": hi}
-    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        # deep: a shallow copy would share nested sections between every Config made
-        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
-    return field(default=default, metadata=meta)
+__all__ = ["ConfigError", "doc", "names_in"]  # with the section classes below
 
 
 @dataclass
@@ -51,8 +38,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = doc("builtin:arithmetic", "Training data: builtin:<task> (arithmetic, json_extract, "
-                      "tool_call), reasoning_gym:<task>[?size=N&eval_size=M&seed=S], a "
+    source: str = doc("builtin:arithmetic", "Training data: builtin:<task> (arithmetic, bank, "
+                      "json_extract, tool_call, tool_use), reasoning_gym:<task>[?size=N&"
+                      "eval_size=M&seed=S], a "
                       ".jsonl/.json/.parquet file or folder, or a hub dataset name.")
     train_split: str = doc("train", "Split used for training.")
     eval_split: str = doc("eval", "Held-out split used by evaluation.")
@@ -208,7 +196,7 @@ class SelfRewardConfig:
                     "response, then none | token_mean (divided by its token count) | "
                     "group_zscore (within each prompt's samples) | batch_zscore | batch_std "
                     "(divided by the batch std, sign kept).",
-                    choices=("none", "token_mean", "group_zscore", "batch_zscore", "batch_std"))
+                    choices=names_in("rlft.algos.self_rewarding:SELF_REWARD_NORMS"))
     init_from_sft: bool = doc(True, "Self-Rewarding PPO: the policy, critic and KL reference start "
                               "from pi_SFT; false: from model.name.")
 
@@ -233,10 +221,10 @@ class RolloutISConfig:
 @dataclass
 class AlgoConfig:
     name: str = doc("grpo", "Algorithm spec (rlft/algos/<name>.py).",
-                    choices=("grpo", "chord", "prefix_rft", "ppo", "self_rewarding_ppo"))
-    advantage: str | None = doc(None, "Override the spec's advantage estimator "
-                                "(grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline, "
-                                "gae); Prefix-RFT's default is dr_grpo, as in its paper.")
+                    choices=names_in("rlft.algos.catalogue:ALGORITHMS"))
+    advantage: str | None = doc(None, "Override the spec's advantage estimator; Prefix-RFT's "
+                                "default is dr_grpo, as in its paper.",
+                                choices=names_in("rlft.algos.advantages:ADVANTAGES"))
     eps: float = doc(1e-6, "Std floor in group/batch normalisation.", lo=0.0)
     gamma: float = doc(1.0, "Discount.", lo=0.0, hi=1.0)
     lam: float = doc(1.0, "GAE lambda.", lo=0.0, hi=1.0)
@@ -257,8 +245,8 @@ class AlgoConfig:
                                    "function gradient the KL's; k3's is biased.",
                                    choices=("k1", "k2", "k3"))
     entropy_coef: float = doc(0.0, "Entropy bonus weight.", lo=0.0)
-    loss_agg: str = doc("token_mean", "How per-token losses are reduced.", choices=(
-        "token_mean", "seq_mean_token_sum", "seq_mean_token_mean", "seq_mean_token_sum_norm"))
+    loss_agg: str = doc("token_mean", "How per-token losses are reduced.",
+                        choices=names_in("rlft.algos.aggregation:AGGREGATIONS"))
     filter_groups: bool = doc(False, "DAPO dynamic sampling: drop groups whose rewards are all "
                               "equal (zero advantage).")
     filter_rounds: int = doc(1, "DAPO dynamic sampling: prompt batches drawn per step at most, "

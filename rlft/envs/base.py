@@ -35,8 +35,7 @@ from rlft.registry import Registry
 from rlft.tools.base import schema_of
 from rlft.tools.call import as_text
 
-ENVS: Registry[type] = Registry("environment")
-BUILTIN_MODULES = ("bank",)
+ENVS: Registry[type] = Registry("environment", builtins="rlft.envs")
 PROTOCOL = ("reset", "step")
 NOT_TOOLS = {"reset", "step", "state", "close"}  # methods of the protocol, never tools
 
@@ -53,14 +52,11 @@ class Observation:
 
 def env_class(ref: str) -> type:
     """The class `ref` names: a built-in or an import path; errors name the fix."""
-    import importlib
 
     if ref.startswith("skyrl_gym:"):  # the library's own registry (rlft/envs/skyrl.py)
         from rlft.envs.skyrl import skyrl_class
 
         return skyrl_class(ref.removeprefix("skyrl_gym:"))
-    for module in BUILTIN_MODULES:
-        importlib.import_module(f"rlft.envs.{module}")
     cls = ENVS.get(ref)
     if not inspect.isclass(cls):
         raise TypeError(f"rollout.env={ref!r} is a {type(cls).__name__}, not a class; name a "

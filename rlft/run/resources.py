@@ -43,7 +43,7 @@ def check_fits(demands: list[Demand], nodes: list[dict[str, float]]) -> None:
     >>> check_fits([Demand("learner ranks", 2, {"GPU": 1}, "train.learner_workers")], [gpu_node])
     Traceback (most recent call last):
     ...
-    rlft.config.schema.ConfigError: the run needs 2 GPU (2 learner ranks x 1 GPU); the cluster has 1 GPU on 1 node(s) (8 CPU, 1 GPU); lower train.learner_workers, or add nodes with GPU
+    rlft.config.fields.ConfigError: the run needs 2 GPU (2 learner ranks x 1 GPU); the cluster has 1 GPU on 1 node(s) (8 CPU, 1 GPU); lower train.learner_workers, or add nodes with GPU
     """
     totals: dict[str, float] = {}
     for node in nodes:

@@ -48,6 +48,12 @@ def engine_name(cfg: Config) -> str:
     return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
 
 
+def gpus_per_engine(cfg: Config, engine: str) -> int:
+    """GPUs (and sync-group ranks) one rollout engine spans: vLLM's tensor-parallel
+    workers; the transformers engine is one process on one device."""
+    return cfg.rollout.tensor_parallel_size if engine == "vllm" else 1
+
+
 # Rollout settings only the vLLM engine takes, with their defaults.
 VLLM_ONLY = {"tensor_parallel_size": 1, "kv_cache_gb": None, "gpu_memory_utilization": 0.5,
              "vllm_in_process": None}
@@ -151,7 +157,7 @@ def build_weight_sync(cfg: Config, pools: Pools) -> WeightSync:
     """The run's weight sync, its broadcast group (if any) already joined."""
     gpus = gpus_per_actor()
     backend = weight_transport(cfg, gpus)
-    per_engine = cfg.rollout.tensor_parallel_size if engine_name(cfg) == "vllm" else 1
+    per_engine = gpus_per_engine(cfg, engine_name(cfg))
     sync = WeightSync(pools.learners, pools.rollout, backend, per_engine,
                       rollout_dtype(cfg, bool(gpus)))
     sync.connect()
@@ -305,7 +311,7 @@ def demands(cfg: Config, algo: Algorithm, gpus: float, engine: str,
     if cfg.rollout.mode == "colocated":  # everything shares the learners' bundles
         return [Demand("learner ranks (each sharing its GPU with rollout workers)", world,
                        {"GPU": 1.0, **lres}, "train.learner_workers")]
-    tp = cfg.rollout.tensor_parallel_size if engine == "vllm" else 1
+    tp = gpus_per_engine(cfg, engine)
     out = [Demand("learner ranks", world, {"GPU": 1.0, **lres}, "train.learner_workers"),
            Demand("rollout workers", n_roll, {"GPU": float(tp), **rres},
                   "rollout.num_workers (x rollout.tensor_parallel_size)")]

@@ -10,7 +10,6 @@ that run tool calls import this module.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import re
 import types
@@ -21,8 +20,7 @@ from typing import Any
 
 from rlft.registry import Registry
 
-TOOLS: Registry[Callable[..., Any]] = Registry("tool")
-BUILTIN_MODULES = ("builtin",)
+TOOLS: Registry[Callable[..., Any]] = Registry("tool", builtins="rlft.tools")
 JSON_TYPES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean",
                               list: "array", tuple: "array", dict: "object"}
 
@@ -51,8 +49,6 @@ class ToolSpec:
 
 def resolve_tool(ref: str) -> Callable[..., Any]:
     """A registered built-in or an import path (`tools.py:fn`, `pkg.mod:fn`)."""
-    for module in BUILTIN_MODULES:
-        importlib.import_module(f"rlft.tools.{module}")
     fn = TOOLS.get(ref)
     if not callable(fn):
         raise TypeError(f"tool {ref!r} resolves to a {type(fn).__name__}, not a function; "

@@ -71,6 +71,10 @@ def test_registry_names_and_miss():
     assert TASKS.names() == sorted([*NAMES, "bank"])  # bank: tests/unit/workers/test_episodes.py
     with pytest.raises(RegistryError, match="Did you mean 'arithmetic'.*Valid names: arithmetic"):
         TASKS.get("arithmetc")
+    # data.source's help (rlft config, docs/config-reference.md) names every task
+    from rlft.config import describe
+    help_text = dict((p, h) for p, _, h in describe())["data.source"]
+    assert all(name in help_text for name in TASKS.names()), help_text
 
 
 @pytest.mark.parametrize("task", NAMES)
