@@ -313,3 +313,57 @@ class BroadcastSender:
             sent += len(on_device)
             del on_device, bucket
         return sent
+
+
+class WeightPublisher:
+    """The learner side of the weight sync, mixed into `Learner`
+    (workers/learner.py): `weight_update` publishes through the Ray object store;
+    `init_sync_group`, `stage_weights` and `send_weights` run the broadcast
+    transport, rank 0 sending. Needs `rank`, `named_weights(cpu)` and
+    `_sender` (None until a group is joined) on the class it joins."""
+
+    rank: int
+    _sender: BroadcastSender | None
+
+    def weight_update(self, version: int, bucket_bytes: int = 256 << 20):
+        """Publish the weights for the rollout engines (rank 0's result counts). Collective."""
+        named = list(self.named_weights())
+        return publish(named, version, bucket_bytes, use_ray=True) if self.rank == 0 else None
+
+    # The broadcast transport (`BroadcastSender`): rank 0 sends.
+    def init_sync_group(self, host: str, port: int, world: int, backend: str) -> None:
+        """Rank 0 hosts the sync group's rendezvous at host:port and joins as its
+        sender (blocks until all `world` ranks have joined); a group built
+        before is closed first. Other ranks have no part in it."""
+        if self.rank == 0:
+            self._close_sync_group()
+            self._sender = BroadcastSender(GROUPS.get(backend)(host, port, 0, world))
+
+    def stage_weights(self, version: int, bucket_bytes: int = 256 << 20,
+                      dtype: str | None = None) -> WeightUpdate | None:
+        """Gather the weights for `send_weights`, cast to the engines' `dtype`;
+        rank 0 returns the metadata-only update for the rollout workers, others
+        None. Collective. Gathered to host memory one tensor at a time (never
+        the whole fp32 model on rank 0's GPU); `send_weights` moves them to the
+        GPU bucket by bucket."""
+        named = list(self.named_weights(cpu=True))
+        if self.rank != 0:
+            return None
+        return self._sync_sender().stage(named, version, bucket_bytes, dtype)
+
+    def send_weights(self) -> int:
+        """Rank 0 broadcasts the staged weights (while every engine worker
+        receives); returns how many tensors. Other ranks: 0."""
+        return self._sync_sender().send() if self.rank == 0 else 0
+
+    def _sync_sender(self) -> BroadcastSender:
+        if self._sender is None:
+            raise RuntimeError("the broadcast weight transport needs learner rank 0 in a sync "
+                               "group: call init_sync_group first (or use "
+                               "rollout.weight_transport=ray)")
+        return self._sender
+
+    def _close_sync_group(self) -> None:
+        if self._sender is not None:
+            self._sender.group.close()
+            self._sender = None
