@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from rlft.algos.contract import Algorithm, LossTermSpec
-from rlft.algos.grpo import common, norm_const, policy_terms
+from rlft.algos.grpo import grpo_family, norm_const, policy_terms
 from rlft.algos.schedules import chord_mu
 from rlft.batch.collate import add_expert_rows, demonstration_rollouts
 from rlft.data.demonstrations import Demonstrations
@@ -91,9 +91,6 @@ def build(cfg: Any) -> Algorithm:
         return (*policy_terms(cfg, scale=1.0 - m), replace(expert, weight=m))
 
     demos = Demonstrations(cfg.model.name)
-    return Algorithm(
-        name="chord", terms=terms,
-        add_rows=partial(add_demonstrations, demos=demos, ratio=c.expert_ratio),
-        step_metrics=lambda step: {"chord/mu": mu(step)},
-        **common(cfg),
-    )
+    return replace(grpo_family(cfg, "chord", terms),
+                   add_rows=partial(add_demonstrations, demos=demos, ratio=c.expert_ratio),
+                   step_metrics=lambda step: {"chord/mu": mu(step)})

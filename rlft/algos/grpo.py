@@ -10,13 +10,16 @@ are dropped and, with `algo.filter_rounds > 1`, refilled from more prompts),
 the soft overlong punishment (`algo.overlong_buffer`) and overlong filtering
 (`algo.filter_truncated`).
 
-`policy_terms`, `ppo_params` and `common` are shared with the specs that
-extend GRPO (CHORD, Prefix-RFT); `reward_shaping` with PPO.
+`policy_terms`, `ppo_params` and `grpo_family` (an `Algorithm` with every field
+the specs take from `cfg.algo` unchanged, which a spec then `replace`s where it
+differs) are shared with the specs that extend GRPO (CHORD, Prefix-RFT);
+`reward_shaping` with PPO.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -80,7 +83,16 @@ def _scaled(term: LossTermSpec, scale: float) -> LossTermSpec:
     return term if scale == 1.0 else replace(term, weight=term.weight * scale)
 
 
-def reward_shaping(cfg: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Shaping:
+    """What the reward-side options of `cfg.algo` give a spec (`reward_shaping`)."""
+
+    shape_rewards: Callable  # KL in the reward, DAPO's overlong punishment (Algorithm's)
+    needs: frozenset[str]  # the batch fields `shape_rewards` reads
+    token_filter: Callable  # DAPO's overlong filtering, or none
+
+
+def reward_shaping(cfg: Any) -> Shaping:
     """`shape_rewards` (KL in the reward, DAPO's overlong punishment) and the
     batch fields it needs; `token_filter` for DAPO's overlong filtering."""
     a = cfg.algo
@@ -96,23 +108,27 @@ def reward_shaping(cfg: Any) -> dict[str, Any]:
         shapers.append(partial(overlong_penalty, max_len=cfg.rollout.max_new_tokens,
                                buffer=a.overlong_buffer, penalty=a.overlong_penalty))
     shape = no_shaping if not shapers else shapers[0] if len(shapers) == 1 else compose(shapers)
-    return dict(shape_rewards=shape, needs=frozenset(needs),
-                token_filter=drop_truncated if a.filter_truncated else no_filter)
+    return Shaping(shape, frozenset(needs), drop_truncated if a.filter_truncated else no_filter)
 
 
-def common(cfg: Any, default_advantage: str = "grpo") -> dict[str, Any]:
-    """Algorithm fields every GRPO-family spec takes from `cfg.algo` unchanged."""
+def grpo_family(cfg: Any, name: str, terms: Callable[[int], tuple[LossTermSpec, ...]],
+                default_advantage: str = "grpo") -> Algorithm:
+    """The `Algorithm` every GRPO-family spec starts from: its `terms`, and the
+    fields it takes from `cfg.algo` unchanged (estimator, shaping, DAPO's
+    filters); a spec `replace`s what it changes."""
     a = cfg.algo
     advantage = a.advantage or default_advantage
     shaping = reward_shaping(cfg)
-    needs = shaping.pop("needs") | ({"ref_logprobs"} if a.kl_coef > 0 else set())
-    return dict(advantage=advantage, adv_params=AdvantageParams(eps=a.eps, gamma=a.gamma, lam=a.lam),
-                needs=frozenset(needs),
-                min_group_size=2 if advantage in GROUP_ESTIMATORS else 1,
-                keep_groups=varied_groups if a.filter_groups else keep_all,
-                filter_rounds=a.filter_rounds, **shaping)
+    return Algorithm(
+        name=name, advantage=advantage, terms=terms,
+        adv_params=AdvantageParams(eps=a.eps, gamma=a.gamma, lam=a.lam),
+        needs=shaping.needs | ({"ref_logprobs"} if a.kl_coef > 0 else frozenset()),
+        min_group_size=2 if advantage in GROUP_ESTIMATORS else 1,
+        keep_groups=varied_groups if a.filter_groups else keep_all,
+        filter_rounds=a.filter_rounds, shape_rewards=shaping.shape_rewards,
+        token_filter=shaping.token_filter)
 
 
 def build(cfg: Any) -> Algorithm:
     fixed = policy_terms(cfg)
-    return Algorithm(name="grpo", terms=lambda step: fixed, **common(cfg))
+    return grpo_family(cfg, "grpo", lambda step: fixed)

@@ -34,8 +34,8 @@ def critic_terms(cfg: Any) -> tuple[LossTermSpec, ...]:
                          params={"clip": float("inf") if clip is None else clip}),)
 
 
-def ppo_fields(cfg: Any) -> dict[str, Any]:
-    """Algorithm fields of PPO with a critic, shared with Self-Rewarding PPO."""
+def ppo_family(cfg: Any, name: str) -> Algorithm:
+    """PPO with a critic, which Self-Rewarding PPO `replace`s where it differs."""
     a = cfg.algo
     advantage = a.advantage or "gae"
     if advantage not in CRITIC_ESTIMATORS:
@@ -44,12 +44,13 @@ def ppo_fields(cfg: Any) -> dict[str, Any]:
                          f"critic-free estimator)")
     terms = policy_terms(cfg)  # the KL is a loss term unless it is in the reward
     shaping = reward_shaping(cfg)
-    needs = {"values"} | shaping.pop("needs") | ({"ref_logprobs"} if a.kl_coef > 0 else set())
-    return dict(advantage=advantage,
-                adv_params=AdvantageParams(eps=a.eps, gamma=a.gamma, lam=a.lam),
-                terms=lambda step: terms, needs=frozenset(needs),
-                critic_terms=critic_terms(cfg), min_group_size=1, **shaping)
+    needs = {"values"} | shaping.needs | ({"ref_logprobs"} if a.kl_coef > 0 else set())
+    return Algorithm(name=name, advantage=advantage,
+                     adv_params=AdvantageParams(eps=a.eps, gamma=a.gamma, lam=a.lam),
+                     terms=lambda step: terms, needs=frozenset(needs),
+                     critic_terms=critic_terms(cfg), min_group_size=1,
+                     shape_rewards=shaping.shape_rewards, token_filter=shaping.token_filter)
 
 
 def build(cfg: Any) -> Algorithm:
-    return Algorithm(name="ppo", **ppo_fields(cfg))
+    return ppo_family(cfg, "ppo")

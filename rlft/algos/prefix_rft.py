@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from rlft.algos.contract import Algorithm, LossTermSpec
-from rlft.algos.grpo import common, norm_const, policy_terms, ppo_params
+from rlft.algos.grpo import grpo_family, norm_const, policy_terms, ppo_params
 from rlft.algos.schedules import prefix_window, sample_prefix_ratio, select_top_entropy
 from rlft.data.demonstrations import Demonstrations
 from rlft.types import Prompt, PromptBatch, TrainBatch
@@ -103,16 +103,12 @@ def build(cfg: Any) -> Algorithm:
     if prefixed == 0:
         raise ValueError(f"algo.prefix.fraction={p.fraction} gives no prefixed sample of "
                          f"rollout.n={n}: raise it (round(fraction * n) >= 1)")
-    fields = common(cfg, default_advantage="dr_grpo")
-    base = fields["advantage"]
-    fields.update(advantage="prefix_rft",
-                  adv_params=replace(fields["adv_params"], base=base,
-                                     split_prefix=p.group_by == "prompt_prefix"))
+    family = grpo_family(cfg, "prefix_rft", lambda step: (), default_advantage="dr_grpo")
+    base = family.advantage  # the estimator Prefix-RFT's wraps
     if base in ("gae", "prefix_rft"):
         raise ValueError(f"algo.advantage={base!r}: Prefix-RFT runs no critic and wraps a "
                          f"critic-free estimator (grpo, dr_grpo, rloo, reinforce_pp, "
                          f"reinforce_pp_baseline); unset it for dr_grpo")
-    fields["needs"] = fields["needs"] | {"entropy"}  # the token filter reads it
     if plain == 0:
         raise ValueError(f"algo.prefix.fraction={p.fraction} with rollout.n={n} leaves no plain "
                          f"sample, and a prefix is credited against the plain samples' mean "
@@ -127,7 +123,7 @@ def build(cfg: Any) -> Algorithm:
         ppo("sampled", a.clip_low, a.clip_high),
         ppo("prefix", a.clip_low if p.clip_low is None else p.clip_low,
             a.clip_high if p.clip_high is None else p.clip_high)))
-    then = fields.pop("token_filter")  # DAPO's overlong filtering, when on
+    then = family.token_filter  # DAPO's overlong filtering, when on
 
     def token_filter(batch: TrainBatch, entropy: torch.Tensor | None) -> TrainBatch:
         return then(keep_top_entropy_prefix(batch, entropy, p.entropy_top_frac), entropy)
@@ -137,10 +133,11 @@ def build(cfg: Any) -> Algorithm:
                                   p.schedule)
         return {"prefix/ratio_low": low, "prefix/ratio_high": high}
 
-    return Algorithm(
-        name="prefix_rft", terms=lambda step: fixed,
+    return replace(
+        family, terms=lambda step: fixed, advantage="prefix_rft",
+        adv_params=replace(family.adv_params, base=base,
+                           split_prefix=p.group_by == "prompt_prefix"),
+        needs=family.needs | {"entropy"},  # the token filter reads it
         make_batch=partial(make_batch, p=p, seed=cfg.train.seed, steps=steps,
                            demos=Demonstrations(cfg.model.name)),
-        token_filter=token_filter,
-        step_metrics=step_metrics, **fields,
-    )
+        token_filter=token_filter, step_metrics=step_metrics)

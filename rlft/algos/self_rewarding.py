@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from rlft.algos.contract import Algorithm, Stage
-from rlft.algos.ppo import ppo_fields
+from rlft.algos.ppo import ppo_family
 from rlft.registry import Registry
 
 SFT_FOLDER = "sft"
@@ -145,11 +145,11 @@ def _with_sft(cfg: Any, algo: Algorithm, sft: str) -> Algorithm:
 
 def build(cfg: Any) -> Algorithm:
     s = cfg.algo.self_reward
-    algo = Algorithm(
-        name="self_rewarding_ppo", reward_source="self_reward",
+    algo = replace(
+        ppo_family(cfg, "self_rewarding_ppo"), reward_source="self_reward",
         reward_args={"sft_model": None, "base_model": s.base_model or cfg.model.name,
                      "norm": s.norm, "eps": cfg.algo.eps},
-        **{**ppo_fields(cfg), "min_group_size": 2 if s.norm == "group_zscore" else 1})
+        min_group_size=2 if s.norm == "group_zscore" else 1)
     if s.sft_model:
         return _with_sft(cfg, algo, s.sft_model)
     # No SFT model given: the run fine-tunes one into <run folder>/sft first.
