@@ -272,8 +272,8 @@ class TrainingLoop:
         ref = self._logprobs(batch, ref=True)[0] if "ref_logprobs" in needs else None
         old, entropy = self._logprobs(batch, ref=False) \
             if needs & {"old_logprobs", "entropy"} else (None, None)
-        values = self.values(batch) if "values" in needs else None
-        return batch.with_(ref_logprobs=ref, values=values,
+        values = self.values(batch) if "old_values" in needs else None
+        return batch.with_(ref_logprobs=ref, old_values=values,
                            old_logprobs=old if "old_logprobs" in needs else None), entropy
 
     def update(self, role: Role, batch: TrainBatch) -> UpdateStats:

@@ -239,7 +239,7 @@ class TrainBatch:
     old_logprobs: torch.Tensor | None = None  # [B, L]
     ref_logprobs: torch.Tensor | None = None  # [B, L]
     returns: torch.Tensor | None = None  # [B, L]
-    values: torch.Tensor | None = None  # [B, L] critic values at rollout time
+    old_values: torch.Tensor | None = None  # [B, L] critic values before the update
     prefix_mask: torch.Tensor | None = None  # [B, L] bool, forced prefix tokens
     expert_mask: torch.Tensor | None = None  # [B] bool, demonstration rows
     truncated: torch.Tensor | None = None  # [B] bool, cut at the length cap (finish "length")

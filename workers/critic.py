@@ -111,7 +111,7 @@ class Critic(TrainableRole):
 
     def update(self, batch: TrainBatch, terms: Sequence[LossTermSpec]) -> UpdateStats:
         """One optimizer step fitting `batch.returns` (the shared `LossDriver`);
-        `batch.values` (rollout time) are the old values of a clipped value loss.
+        `batch.old_values` (before the update) are the old values of a clipped value loss.
         Collective."""
         if batch.returns is None:
             raise ValueError("Critic.update needs batch.returns (value targets): run an "
@@ -121,8 +121,8 @@ class Critic(TrainableRole):
 
 def _value_diagnostics(batch: TrainBatch, mb: MicroBatch, out: Outputs, first: torch.Tensor,
                        cnt: GlobalCounts) -> dict[str, torch.Tensor]:
-    """Mean rollout-time values and returns over the first term's tokens."""
+    """Mean old values and returns over the first term's tokens."""
     return {key: torch.where(first, t[mb.rows, :mb.cols].to(first.device).float(), 0.0).sum()
             / max(cnt.tokens, 1)
-            for key, t in (("values_mean", batch.values), ("returns_mean", batch.returns))
+            for key, t in (("values_mean", batch.old_values), ("returns_mean", batch.returns))
             if t is not None}

@@ -8,11 +8,14 @@ this table, so the library has no import circle. To add an algorithm, write
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlft.algos import chord, grpo, ppo, prefix_rft, self_rewarding
 from rlft.algos.contract import Algorithm
 from rlft.registry import Registry
+
+if TYPE_CHECKING:  # no import at run time: the config imports algorithm names
+    from rlft.config import Config
 
 ALGORITHMS: Registry[Callable[[Any], Algorithm]] = Registry("algorithm")
 for _name, _build in {
@@ -25,7 +28,7 @@ for _name, _build in {
     ALGORITHMS.register(_name)(_build)
 
 
-def build_algorithm(cfg: Any) -> Algorithm:
+def build_algorithm(cfg: Config) -> Algorithm:
     """Resolve `cfg.algo.name` and check the run can use it."""
     algo = ALGORITHMS.get(cfg.algo.name)(cfg)
     if cfg.rollout.n < algo.min_group_size:

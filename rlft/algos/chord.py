@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,6 +26,9 @@ from rlft.algos.schedules import chord_mu
 from rlft.batch.collate import add_expert_rows, demonstration_rollouts
 from rlft.data.demonstrations import Demonstrations
 from rlft.types import PromptBatch, Rollouts, ScoredRollouts
+
+if TYPE_CHECKING:  # no import at run time: the config imports algorithm names
+    from rlft.config import Config
 
 
 def expert_count(policy_rows: int, ratio: float) -> int:
@@ -72,7 +75,7 @@ def chord_combine(rl_loss: torch.Tensor, expert_loss: torch.Tensor, mu: float) -
     return (1.0 - mu) * rl_loss + mu * expert_loss
 
 
-def build(cfg: Any) -> Algorithm:
+def build(cfg: Config) -> Algorithm:
     c = cfg.algo.chord
     mu = partial(chord_mu, mu_peak=c.mu_peak, mu_valley=c.mu_valley,
                  warmup_steps=c.warmup_steps, decay_steps=c.decay_steps)

@@ -27,7 +27,7 @@ REWARD_SOURCES = ("service", "self_reward")
 # Batch fields the loop can fill before advantages (Algorithm.needs): the
 # reference's log-probs, the sampling policy's log-probs, the critic's values,
 # and the sampling policy's entropy (for a token filter).
-BATCH_FIELDS = ("ref_logprobs", "old_logprobs", "values", "entropy")
+BATCH_FIELDS = ("ref_logprobs", "old_logprobs", "old_values", "entropy")
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ class Algorithm:
     # top-entropy prefix tokens.
     token_filter: Callable[[TrainBatch, torch.Tensor | None], TrainBatch] = no_filter
     # The critic's loss terms (workers/critic.py). Non-empty: a critic is built;
-    # it gives `values` ("values" in needs) and, after the policy update, fits
+    # it gives `old_values` ("old_values" in needs) and, after the policy update, fits
     # `returns` (PPO).
     critic_terms: tuple[LossTermSpec, ...] = ()
     # (TrainBatch before advantages, token rewards [B, L]) -> (token rewards,
@@ -161,7 +161,7 @@ class Algorithm:
         if unknown:
             raise ValueError(f"Algorithm.needs: {sorted(unknown)} are not batch fields; choose "
                              f"from {', '.join(BATCH_FIELDS)}")
-        if ("values" in self.needs) != bool(self.critic_terms):
+        if ("old_values" in self.needs) != bool(self.critic_terms):
             raise ValueError(f"Algorithm {self.name!r}: values come from a critic, so "
-                             f"'values' in needs and critic_terms (e.g. "
+                             f"'old_values' in needs and critic_terms (e.g. "
                              f"LossTermSpec('value_clip', 1.0)) go together")

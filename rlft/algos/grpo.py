@@ -21,18 +21,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlft.algos.base import AdvantageParams
 from rlft.algos.contract import Algorithm, LossTermSpec, keep_all, no_filter, no_shaping
 from rlft.algos.shaping import compose, drop_truncated, kl_in_reward, overlong_penalty
 from rlft.batch.groups import varied_groups
 
+if TYPE_CHECKING:  # no import at run time: the config imports algorithm names
+    from rlft.config import Config
+
 # Estimators whose baseline is a group mean: they need two samples per prompt.
 GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "prefix_rft")
 
 
-def ppo_params(cfg: Any, clip_low: float, clip_high: float) -> dict[str, Any]:
+def ppo_params(cfg: Config, clip_low: float, clip_high: float) -> dict[str, Any]:
     """ppo_clip's keyword arguments: the clip range, dual-clip, rollout correction."""
     a = cfg.algo
     params: dict[str, Any] = {"clip_low": clip_low, "clip_high": clip_high,
@@ -47,12 +50,12 @@ def ppo_params(cfg: Any, clip_low: float, clip_high: float) -> dict[str, Any]:
     return params
 
 
-def kl_in_reward_on(cfg: Any) -> bool:
+def kl_in_reward_on(cfg: Config) -> bool:
     a = cfg.algo
     return a.kl_coef > 0 and (a.kl_in_reward or a.ppo.kl_in_reward)
 
 
-def policy_terms(cfg: Any, scale: float = 1.0, ppo: tuple[LossTermSpec, ...] | None = None
+def policy_terms(cfg: Config, scale: float = 1.0, ppo: tuple[LossTermSpec, ...] | None = None
                  ) -> tuple[LossTermSpec, ...]:
     """GRPO's terms on sampled rows, every weight times `scale`.
 
@@ -75,7 +78,7 @@ def policy_terms(cfg: Any, scale: float = 1.0, ppo: tuple[LossTermSpec, ...] | N
     return tuple(_scaled(t, scale) for t in terms)
 
 
-def norm_const(cfg: Any) -> float:
+def norm_const(cfg: Config) -> float:
     return float(cfg.rollout.max_new_tokens)
 
 
@@ -92,7 +95,7 @@ class Shaping:
     token_filter: Callable  # DAPO's overlong filtering, or none
 
 
-def reward_shaping(cfg: Any) -> Shaping:
+def reward_shaping(cfg: Config) -> Shaping:
     """`shape_rewards` (KL in the reward, DAPO's overlong punishment) and the
     batch fields it needs; `token_filter` for DAPO's overlong filtering."""
     a = cfg.algo
@@ -111,7 +114,7 @@ def reward_shaping(cfg: Any) -> Shaping:
     return Shaping(shape, frozenset(needs), drop_truncated if a.filter_truncated else no_filter)
 
 
-def grpo_family(cfg: Any, name: str, terms: Callable[[int], tuple[LossTermSpec, ...]],
+def grpo_family(cfg: Config, name: str, terms: Callable[[int], tuple[LossTermSpec, ...]],
                 default_advantage: str = "grpo") -> Algorithm:
     """The `Algorithm` every GRPO-family spec starts from: its `terms`, and the
     fields it takes from `cfg.algo` unchanged (estimator, shaping, DAPO's
@@ -129,6 +132,6 @@ def grpo_family(cfg: Any, name: str, terms: Callable[[int], tuple[LossTermSpec, 
         token_filter=shaping.token_filter)
 
 
-def build(cfg: Any) -> Algorithm:
+def build(cfg: Config) -> Algorithm:
     fixed = policy_terms(cfg)
     return grpo_family(cfg, "grpo", lambda step: fixed)

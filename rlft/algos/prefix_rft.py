@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -41,6 +41,9 @@ from rlft.algos.grpo import grpo_family, norm_const, policy_terms, ppo_params
 from rlft.algos.schedules import prefix_window, sample_prefix_ratio, select_top_entropy
 from rlft.data.demonstrations import Demonstrations
 from rlft.types import Prompt, PromptBatch, TrainBatch
+
+if TYPE_CHECKING:  # no import at run time: the config imports algorithm names
+    from rlft.config import Config
 
 
 def split_samples(n: int, fraction: float) -> tuple[int, int, int]:
@@ -93,7 +96,7 @@ def keep_top_entropy_prefix(batch: TrainBatch, entropy: torch.Tensor, frac: floa
     return batch.with_(advantages=torch.where(prefix & ~keep, 0.0, batch.advantages))
 
 
-def build(cfg: Any) -> Algorithm:
+def build(cfg: Config) -> Algorithm:
     a, p = cfg.algo, cfg.algo.prefix
     n = cfg.rollout.n
     plain, prefixed, _ = split_samples(n, p.fraction)

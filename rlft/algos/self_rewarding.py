@@ -20,13 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from rlft.algos.contract import Algorithm, Stage
 from rlft.algos.ppo import ppo_family
 from rlft.registry import Registry
+
+if TYPE_CHECKING:  # no import at run time: the config imports algorithm names
+    from rlft.config import Config
 
 SFT_FOLDER = "sft"
 
@@ -137,13 +140,13 @@ def sequence_rewards(sft_logprobs: torch.Tensor, base_logprobs: torch.Tensor,
     return torch.where(mask.any(-1), fn(raw, mask, group_id, eps), 0.0), raw
 
 
-def _with_sft(cfg: Any, algo: Algorithm, sft: str) -> Algorithm:
+def _with_sft(cfg: Config, algo: Algorithm, sft: str) -> Algorithm:
     args = {**algo.reward_args, "sft_model": sft}
     policy = sft if cfg.algo.self_reward.init_from_sft else None
     return replace(algo, reward_args=args, policy_model=policy, stages=())
 
 
-def build(cfg: Any) -> Algorithm:
+def build(cfg: Config) -> Algorithm:
     s = cfg.algo.self_reward
     algo = replace(
         ppo_family(cfg, "self_rewarding_ppo"), reward_source="self_reward",

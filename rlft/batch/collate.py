@@ -71,7 +71,7 @@ def with_advantages(
     fn = ADVANTAGES.get(estimator)
     mask = batch.loss_mask(rows="policy")
     out = fn(AdvantageInputs(token_rewards=token_rewards * mask, response_mask=mask,
-                             group_id=batch.group_id, values=batch.values,
+                             group_id=batch.group_id, values=batch.old_values,
                              prefix_mask=batch.prefix_mask), params)
     return batch.with_(advantages=out.advantages, returns=out.returns)
 

@@ -210,7 +210,7 @@ class LossDriver:
             entropy=out.entropy, old_logprobs=col(batch.old_logprobs),
             ref_logprobs=col(batch.ref_logprobs), rollout_logprobs=col(batch.rollout_logprobs),
             values=None if out.values is None else torch.where(mask, out.values, 0.0),
-            old_values=col(batch.values), returns=col(batch.returns),
+            old_values=col(batch.old_values), returns=col(batch.returns),
             prefix_mask=None if batch.prefix_mask is None else self.cols(batch.prefix_mask, mb))
         result = LOSSES.get(term.loss)(inputs, **term.params)
         value = aggregate(torch.where(mask, result.loss, 0.0), mask, term.agg, cnt,

@@ -18,7 +18,7 @@ def check_batch(batch: TrainBatch) -> None:
     if len(shape) != 2:
         raise ValueError(f"TrainBatch.input_ids must be [B, L]; got shape {shape}")
     for name in ("attention_mask", "response_mask", "advantages", "rollout_logprobs",
-                 "old_logprobs", "ref_logprobs", "returns", "values", "prefix_mask"):
+                 "old_logprobs", "ref_logprobs", "returns", "old_values", "prefix_mask"):
         value = getattr(batch, name)
         if value is not None and tuple(value.shape) != shape:
             raise ValueError(f"TrainBatch.{name} has shape {tuple(value.shape)}; it must match "

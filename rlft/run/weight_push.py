@@ -30,8 +30,10 @@ from rlft.workers.weight_sync import sync_ranks
 log = logging.getLogger("rlft")
 
 
-class WeightSync:
-    """`backend`: the sync group's ("gloo", "nccl"), or None for the ray
+class WeightPush:
+    """The driver pushing each new policy version to the rollout workers (the
+    transports themselves, groups and buckets, are workers/weight_sync.py).
+    `backend`: the sync group's ("gloo", "nccl"), or None for the ray
     transport. `workers_per_engine`: engine workers (sync group ranks) per
     rollout worker, its tensor-parallel size."""
 

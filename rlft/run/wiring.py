@@ -20,7 +20,7 @@ from rlft.rewards.base import RewardTerm, load_term
 from rlft.run import console
 from rlft.run.resources import Demand, check_fits, cluster_nodes, custom
 from rlft.run.turn_settings import env_settings, tool_settings, with_env_tools
-from rlft.run.weight_push import WeightSync
+from rlft.run.weight_push import WeightPush
 from rlft.workers.critic import Critic, CriticParams
 from rlft.workers.learner import Learner, LearnerParams, LoraParams
 from rlft.workers.placement import (
@@ -153,12 +153,12 @@ def weight_transport(cfg: Config, gpus: float, vllm_installed: bool | None = Non
     return "nccl"
 
 
-def build_weight_sync(cfg: Config, pools: Pools) -> WeightSync:
+def build_weight_sync(cfg: Config, pools: Pools) -> WeightPush:
     """The run's weight sync, its broadcast group (if any) already joined."""
     gpus = gpus_per_actor()
     backend = weight_transport(cfg, gpus)
     per_engine = gpus_per_engine(cfg, engine_name(cfg))
-    sync = WeightSync(pools.learners, pools.rollout, backend, per_engine,
+    sync = WeightPush(pools.learners, pools.rollout, backend, per_engine,
                       rollout_dtype(cfg, bool(gpus)))
     sync.connect()
     return sync

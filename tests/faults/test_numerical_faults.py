@@ -83,7 +83,7 @@ def test_the_critic_skips_then_aborts_like_the_learner(tiny_model_path, caplog):
     from rlft.workers.critic import Critic, CriticParams
 
     value = [LossTermSpec("value_clip", 1.0, "all", params={"clip": 0.2})]
-    good = _batch(0).with_(returns=torch.ones(4, 12), values=torch.zeros(4, 12))
+    good = _batch(0).with_(returns=torch.ones(4, 12), old_values=torch.zeros(4, 12))
     bad = good.with_(returns=torch.where(good.response_mask, math.nan, 0.0))
     critic = Critic(tiny_model_path, CriticParams(lr=1e-3, max_nonfinite_steps=2))
     try:

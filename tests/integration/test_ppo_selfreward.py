@@ -114,7 +114,7 @@ def test_critic_values_align_and_the_value_loss_falls(tiny_model_path):
         losses = []
         for _ in range(6):
             # Each PPO step clips around its own rollout-time values.
-            stats = critic.update(batch.with_(values=critic.values(batch)), terms)
+            stats = critic.update(batch.with_(old_values=critic.values(batch)), terms)
             losses.append(stats.metrics["value_clip/loss"])
             assert stats.loss == pytest.approx(losses[-1]) and stats.grad_norm > 0
         assert losses[-1] < 0.5 * losses[0], losses
@@ -129,7 +129,7 @@ def test_critic_checkpoint_round_trip(tmp_path, tiny_model_path):
     terms = critic_terms(load_config(None, []))
     first = Critic(tiny_model_path, CriticParams(lr=3e-3))
     try:
-        first.update(batch.with_(values=first.values(batch)), terms)
+        first.update(batch.with_(old_values=first.values(batch)), terms)
         first.save(str(tmp_path / "critic"))
         want = first.values(batch)
     finally:
@@ -179,11 +179,11 @@ def test_ppo_loop_feeds_the_critic_and_logs_its_metrics(tmp_path, tiny_model_pat
     assert [m.step for m in history] == [0, 1]
     for batch in trainer.batches:
         mask = batch.response_mask
-        assert batch.values is not None and batch.values[mask].abs().sum() > 0
-        assert not batch.values[~mask].any()
+        assert batch.old_values is not None and batch.old_values[mask].abs().sum() > 0
+        assert not batch.old_values[~mask].any()
         # GAE ran on the critic's values: returns - values is the raw advantage, and the
         # batch's advantages are it whitened.
-        raw = torch.where(mask, batch.returns - batch.values, 0.0)
+        raw = torch.where(mask, batch.returns - batch.old_values, 0.0)
         assert torch.allclose(batch.advantages[mask], _whiten(raw, mask)[mask], atol=1e-4)
         assert batch.old_logprobs is not None and batch.ref_logprobs is not None
     rows = [json.loads(line) for line in

@@ -53,7 +53,7 @@ def make_batch(prompt_len: list[int], resp_len: list[int], group_id: list[int], 
         input_ids=torch.ones(B, L, dtype=torch.long), attention_mask=cols < p + r,
         response_mask=resp, advantages=torch.zeros(B, L, dtype=F64),
         group_id=torch.tensor(group_id), policy_version=0, rollout_logprobs=t(rollout),
-        old_logprobs=t(old), ref_logprobs=t(ref), values=t(values),
+        old_logprobs=t(old), ref_logprobs=t(ref), old_values=t(values),
         prefix_mask=resp & (cols < p + k),
         expert_mask=None if expert is None else torch.tensor(expert),
         truncated=None if truncated is None else torch.tensor(truncated))
