@@ -51,6 +51,9 @@ from rlft.workers.rollout import SamplingParams
 log = logging.getLogger("rlft")
 
 
+HEADLINE = ("clip_frac", "kl", "updates")  # policy figures with a StepMetrics field of their own
+
+
 @dataclass
 class StageTimer:
     seconds: dict[str, float] = field(default_factory=dict)
@@ -384,9 +387,8 @@ class TrainingLoop:
             tokens_per_s=float(lengths.sum()) / max(total, 1e-9), stage_seconds=dict(seconds),
             reward_components=comps, reward_failures=scored.failures,
             extra={"lr": stats.lr, "updates_per_step": stats.metrics.get("updates", 1.0),
-                   # rollout-vs-learner mismatch and its correction (rlft/algos/mismatch.py)
-                   **{k: v for k, v in stats.metrics.items()
-                      if k.startswith("mismatch/") or k.endswith(("/is_weight", "/is_dropped"))},
+                   # each loss term's figures (<term>/clip_frac, ...) and mismatch/*
+                   **{k: v for k, v in stats.metrics.items() if k not in HEADLINE},
                    **flat_group_metrics(scored),  # groups that scored alike
                    **turn_metrics(ro, comps),  # multi-turn: turns, calls, env/* (rollout.env)
                    **self.algo.step_metrics(step), **(extra or {})},

@@ -57,6 +57,26 @@ def term_names(loss_names: Sequence[str]) -> list[str]:
             for i, name in enumerate(loss_names)]
 
 
+def headline(metrics: dict[str, float], names: Sequence[str], tokens: Sequence[int]
+             ) -> dict[str, float]:
+    """The step's `clip_frac` and `kl`: over every loss term that reports one
+    (`<term>/clip_frac`), weighted by the term's token count, so a PPO term
+    split by token kind (Prefix-RFT) gives the joint fraction of clipped tokens.
+    A diagnostic's figure (`mismatch/kl`) is no term's and does not count.
+
+    >>> headline({"ppo_clip#0/clip_frac": 0.5, "ppo_clip#1/clip_frac": 0.0, "kl/kl": 0.2},
+    ...          ["ppo_clip#0", "ppo_clip#1", "kl"], [10, 30, 40])
+    {'clip_frac': 0.125, 'kl': 0.2}
+    """
+    out = {}
+    for short in ("clip_frac", "kl"):
+        have = [(metrics[f"{n}/{short}"], t) for n, t in zip(names, tokens)
+                if f"{n}/{short}" in metrics]
+        if have:
+            out[short] = sum(v * t for v, t in have) / max(sum(t for _, t in have), 1)
+    return out
+
+
 def add_to(sums: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
     """Accumulate a detached figure without forcing a device sync."""
     sums[key] = sums[key] + value if key in sums else value
@@ -190,7 +210,7 @@ class LossDriver:
             for key, value in self.diagnostics(batch, mb, out, self.cols(masks[0], mb),
                                                counts[0]).items():
                 add_to(sums, key, value)
-        return self._step(sums, resp_tokens, start, names)
+        return self._step(sums, resp_tokens, start, names, [c.tokens for c in own])
 
     def _term(self, batch: TrainBatch, mb: MicroBatch, term: LossTermSpec, name: str,
               mask: torch.Tensor, norm_mask: torch.Tensor, cnt: GlobalCounts, own_tokens: int,
@@ -222,7 +242,7 @@ class LossDriver:
         return value
 
     def _step(self, sums: dict[str, torch.Tensor], resp_tokens: int, start: float,
-              names: Sequence[str]) -> UpdateStats:
+              names: Sequence[str], own_tokens: Sequence[int]) -> UpdateStats:
         values = reduce_sums(sums, ("loss", "entropy"), self.world, self.device)
         loss = values.pop("loss", 0.0)
         entropy = values.pop("entropy", 0.0) / max(resp_tokens, 1)
@@ -239,11 +259,7 @@ class LossDriver:
             self.sched.step()
             self.steps += 1
         self.opt.zero_grad(set_to_none=True)
-        for short in ("clip_frac", "kl"):  # a loss term's, not a diagnostic's (mismatch/kl)
-            found = [v for k, v in values.items()
-                     if k.endswith("/" + short) and k.split("/")[0] in names]
-            if found:
-                values[short] = found[0]
+        values.update(headline(values, names, own_tokens))
         return UpdateStats(loss=loss, grad_norm=norm, lr=lr, entropy=entropy, tokens=resp_tokens,
                            seconds=time.perf_counter() - start, skipped=skipped, metrics=values)
 

@@ -111,7 +111,7 @@ def test_the_prefix_learns_what_its_continuations_earn():
     assert reference(reference_advantages(1.0, worse))[1][6][1] == pytest.approx(1.0 / n)
 
 
-def test_split_terms_take_the_joint_per_row_mean_and_their_own_clip_frac():
+def test_split_terms_take_the_joint_per_row_mean_and_clip_frac():
     loss, grad, _, stats = run("algo.loss_agg=seq_mean_token_mean", "algo.prefix.clip_low=0.1",
                                "algo.prefix.clip_high=0.1", "algo.prefix.entropy_top_frac=1.0",
                                old=OLD)
@@ -126,3 +126,6 @@ def test_split_terms_take_the_joint_per_row_mean_and_their_own_clip_frac():
     assert stats.metrics["ppo_clip#0/clip_frac"] == pytest.approx(
         clipped["sampled"] / (sum(RESP) - n_prefix))
     assert stats.metrics["ppo_clip#1/clip_frac"] == pytest.approx(clipped["prefix"] / n_prefix)
+    # the step's headline: every clipped token over every token of the two terms
+    assert stats.metrics["clip_frac"] == pytest.approx(
+        (clipped["sampled"] + clipped["prefix"]) / sum(RESP))
