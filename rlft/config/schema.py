@@ -102,9 +102,13 @@ class RolloutConfig:
         None, "vLLM only: run the engine core and its worker inside the rollout actor instead "
         "of two child processes. None: yes on CPU (two processes and ~1.5 GiB fewer, every "
         "core generates), no on GPUs.")
-    gpu_memory_utilization: float = doc(0.5, "vLLM only: share of its GPU's memory an engine "
-                                        "may take (weights + KV cache); leave room for the "
-                                        "learner in colocated mode.", lo=0.01, hi=1.0)
+    gpu_memory_utilization: float | None = doc(
+        None, "vLLM only: share of its GPU's memory an engine may take (weights + KV cache). "
+        "None: 0.9 on dedicated rollout GPUs (split mode), 0.5 in colocated mode (room for "
+        "the learner), divided among the engines sharing a GPU.", lo=0.01, hi=1.0)
+    enforce_eager: bool | None = doc(
+        None, "vLLM only: run without CUDA graphs. None: CUDA graphs on GPUs (captured at "
+        "start-up; faster decoding), eager on CPU.")
     weight_transport: str = doc("auto", "How new weights reach the rollout engines. ray: "
                                 "through the Ray object store; broadcast: learner rank 0 "
                                 "broadcasts them to every engine worker over a sync group (NCCL "

@@ -55,8 +55,11 @@ def gpus_per_engine(cfg: Config, engine: str) -> int:
 
 
 # Rollout settings only the vLLM engine takes, with their defaults.
-VLLM_ONLY = {"tensor_parallel_size": 1, "kv_cache_gb": None, "gpu_memory_utilization": 0.5,
-             "vllm_in_process": None}
+VLLM_ONLY = {"tensor_parallel_size": 1, "kv_cache_gb": None, "gpu_memory_utilization": None,
+             "vllm_in_process": None, "enforce_eager": None}
+# The share of a GPU's memory vLLM takes by default: most of a dedicated rollout GPU,
+# half of one it shares with a learner rank (its parameters, gradients, optimizer state).
+GPU_MEMORY_SHARE = {"split": 0.9, "colocated": 0.5}
 
 
 def _on_gpu(gpu: bool | None) -> bool:
@@ -107,11 +110,14 @@ def engine_kwargs(cfg: Config, engine: str, gpu: bool = False, engines_per_gpu: 
                               "needs vLLM's worker processes: unset rollout.vllm_in_process")
         together = -(-r.prompts_per_step * r.n // r.num_workers)  # one worker's share
         prompt = min(longest_prompt or cfg.data.max_prompt_tokens, cfg.data.max_prompt_tokens)
+        seq = prompt + (r.max_total_tokens if r.tools or r.env else r.max_new_tokens)
+        share = r.gpu_memory_utilization or GPU_MEMORY_SHARE[r.mode]
         return dict(dtype=dtype, tensor_parallel_size=r.tensor_parallel_size,
-                    kv_cache_gb=r.kv_cache_gb,
-                    kv_cache_shape=(together, prompt + (
-                        r.max_total_tokens if r.tools or r.env else r.max_new_tokens)),
-                    gpu_memory_utilization=r.gpu_memory_utilization / engines_per_gpu,
+                    kv_cache_gb=r.kv_cache_gb, kv_cache_shape=(together, seq),
+                    gpu_memory_utilization=share / engines_per_gpu,
+                    # CUDA graphs on GPUs (vLLM's weight reload keeps the captured
+                    # tensors); the CPU path runs eager.
+                    enforce_eager=not gpu if r.enforce_eager is None else r.enforce_eager,
                     sleep_mode=r.mode == "colocated",
                     # CPU: engine core and worker inside the rollout actor (two
                     # processes fewer, every core for generation; vllm_engine.py).

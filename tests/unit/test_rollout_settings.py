@@ -11,8 +11,9 @@ from rlft.run.wiring import engine_kwargs
 
 def test_rollout_config_reaches_the_engine_and_hf_refuses_vllm_settings():
     assert engine_kwargs(load_config(), "vllm") == dict(
-        dtype="float32", tensor_parallel_size=1, kv_cache_gb=None, gpu_memory_utilization=0.5,
+        dtype="float32", tensor_parallel_size=1, kv_cache_gb=None, gpu_memory_utilization=0.9,
         sleep_mode=False, kv_cache_shape=(64, 256 + 24),  # 8 prompts x 8 samples, one worker
+        enforce_eager=True,  # CPU: vLLM's CPU path runs eager
         in_process=True)  # CPU: engine core and worker inside the rollout actor
     cfg = load_config(None, ["rollout.mode=colocated", "model.dtype=bfloat16",
                              "rollout.kv_cache_gb=0.5", "rollout.gpu_memory_utilization=0.3"])
@@ -34,8 +35,13 @@ def test_rollout_config_reaches_the_engine_and_hf_refuses_vllm_settings():
         {"dtype": torch.bfloat16, "device": "cuda"}
     got = engine_kwargs(load_config(None, ["rollout.mode=colocated"]), "vllm", gpu=True,
                         engines_per_gpu=2)
-    assert (got["dtype"], got["gpu_memory_utilization"], got["in_process"]) == (
-        "bfloat16", 0.25, False)  # GPUs: vLLM's own processes
+    assert (got["dtype"], got["gpu_memory_utilization"], got["in_process"],
+            got["enforce_eager"]) == ("bfloat16", 0.25, False, False)  # GPUs: CUDA graphs
+    # A dedicated rollout GPU (split mode) gives vLLM most of its memory by default.
+    split = engine_kwargs(load_config(), "vllm", gpu=True)
+    assert (split["gpu_memory_utilization"], split["enforce_eager"]) == (0.9, False)
+    assert engine_kwargs(load_config(None, ["rollout.enforce_eager=true"]), "vllm",
+                         gpu=True)["enforce_eager"]
     assert engine_kwargs(load_config(None, ["model.dtype=float32"]), "vllm",
                          gpu=True)["dtype"] == "float32"
     with pytest.raises(ConfigError, match=r"rollout.tensor_parallel_size=2, "
