@@ -26,7 +26,7 @@ from rlft.batch.groups import first_groups, merge_rounds, num_groups, take
 from rlft.batch.minibatch import UpdatePlan, mean_stats, minibatches
 from rlft.commands.evaluate import evaluate, spec_from
 from rlft.config import Config
-from rlft.learner.driver import UpdateStats
+from rlft.learner.driver import HEADLINE, UpdateStats
 from rlft.rewards.fields import field_warnings
 from rlft.run import checkpoint, restarts, wiring
 from rlft.run.dispatch import gather_rows, on_ranks
@@ -43,15 +43,13 @@ from rlft.run.pipeline import (
 )
 from rlft.run.stages import run_stages
 from rlft.run.tracking import make_sinks
+from rlft.run.weight_push import SyncTimeout
 from rlft.run.wiring import build_pools, build_prompts_for, build_weight_sync, sampling_params
 from rlft.types import Prompt, PromptBatch, Rollouts, ScoredRollouts, StepMetrics, TrainBatch
 from rlft.workers.episodes import turn_metrics
 from rlft.workers.rollout import SamplingParams
 
 log = logging.getLogger("rlft")
-
-
-HEADLINE = ("clip_frac", "kl", "updates")  # policy figures with a StepMetrics field of their own
 
 
 @dataclass
@@ -301,11 +299,12 @@ class TrainingLoop:
     def sync_weights(self, rejoin: bool = False) -> None:
         """The learner's weights, as version self.version, into every rollout worker
         (rlft/run/weight_push.py); `rejoin`: rebuild the broadcast group first.
-        A worker lost mid-sync (its node died) breaks the broadcast for everyone:
-        once Ray has restarted it, the sync runs again over a new group."""
+        A worker lost mid-sync (its node died) or hung past rollout.sync_timeout_s
+        (then killed) breaks the broadcast for everyone: once Ray has restarted
+        it, the sync runs again over a new group."""
         try:
             self.weights.push(self.version, rejoin)
-        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError, SyncTimeout) as exc:
             if not restarts.rollout_lost(self.pools.rollout):
                 raise  # every worker answers: a real error, not a lost worker
             log.warning("a rollout worker was lost during the weight sync (%s); waiting up to "

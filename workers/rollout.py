@@ -355,18 +355,19 @@ class RolloutWorker:
         return update.version
 
     def init_sync_group(self, host: str, port: int, rank: int, world: int,
-                        backend: str = "nccl") -> None:
+                        backend: str = "nccl", timeout_s: float = 300.0) -> None:
         """Join learner rank 0's broadcast group for "nccl" updates at `rank`
         (an engine with several workers takes rank, rank+1, ...). Joining again
-        (the group is rebuilt after a member restarted) replaces the old group."""
+        (the group is rebuilt after a member restarted) replaces the old group.
+        A broadcast that outlives `timeout_s` raises."""
         join = getattr(self.engine, "init_sync_group", None)
         if join is not None:
-            join(host, port, rank, world, backend)
+            join(host, port, rank, world, backend, timeout_s)
         else:
             if self._group is not None:
                 self._group.close()
                 self._group = None
-            self._group = GROUPS.get(backend)(host, port, rank, world)
+            self._group = GROUPS.get(backend)(host, port, rank, world, timeout_s)
 
     def sleep(self) -> None:
         getattr(self.engine, "sleep", lambda: None)()

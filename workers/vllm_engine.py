@@ -118,7 +118,7 @@ class VLLMWorkerExtension:
             finalize_layerwise_reload(self.model_runner.get_model(), self.model_config)
 
     def rlft_init_sync_group(self, host: str, port: int, rank_offset: int, world: int,
-                             backend: str = "nccl") -> int:
+                             backend: str = "nccl", timeout_s: float = 300.0) -> int:
         """Join learner rank 0's broadcast group as rank `rank_offset` + this
         worker's rank in its engine (tensor/pipeline parallel); returns it."""
         rank = rank_offset + self.rank
@@ -126,7 +126,7 @@ class VLLMWorkerExtension:
         if old is not None:  # rejoining a rebuilt group (a member restarted)
             old.close()
             self._rlft_group = None
-        self._rlft_group = GROUPS.get(backend)(host, port, rank, world)
+        self._rlft_group = GROUPS.get(backend)(host, port, rank, world, timeout_s)
         return rank
 
     def rlft_receive_broadcast(self, update: dict) -> list[str]:
@@ -271,12 +271,12 @@ class VLLMEngine:
         self._check_complete(loaded)
 
     def init_sync_group(self, host: str, port: int, rank: int, world: int,
-                        backend: str = "nccl") -> list[int]:
+                        backend: str = "nccl", timeout_s: float = 300.0) -> list[int]:
         """Join learner rank 0's broadcast group ("nccl" updates): this engine's
         workers take ranks rank, rank+1, ... (one per tensor-parallel worker).
         Blocks until every rank of the group has joined."""
         return self.llm.collective_rpc("rlft_init_sync_group",
-                                       args=(host, port, rank, world, backend))
+                                       args=(host, port, rank, world, backend, timeout_s))
 
     def receive_broadcast(self, update: WeightUpdate) -> None:
         """Load an "nccl" update: every worker receives it from the sync group

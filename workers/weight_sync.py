@@ -21,6 +21,7 @@ How a bucket travels is the update's `transport`, looked up in `TRANSPORTS`:
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -123,10 +124,10 @@ class NcclGroup:
             from vllm.utils.nccl import unpinned_nccl_env
         except ImportError:
             unpinned_nccl_env = contextlib.nullcontext
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.timeout_s = rank, world, timeout_s
         self.device = torch.device("cuda", torch.cuda.current_device())
-        # timeout_s is not passed: older vLLM's StatelessProcessGroup lacks it (300 s there).
-        pg = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world)
+        pg = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world,
+                                          store_timeout=int(timeout_s))
         with unpinned_nccl_env():
             self._comm = PyNcclCommunicator(pg, device=self.device)
         if getattr(self._comm, "disabled", False):
@@ -136,7 +137,20 @@ class NcclGroup:
                                "VLLM_NCCL_SO_PATH / the nccl package, or use the ray transport")
 
     def broadcast(self, tensor: torch.Tensor, src: int) -> None:
-        self._comm.broadcast(tensor, src=src, stream=torch.cuda.current_stream())
+        """Within `timeout_s`, or the communicator is aborted and this raises:
+        NCCL itself would wait forever on a member that died or hangs."""
+        stream = torch.cuda.current_stream()
+        self._comm.broadcast(tensor, src=src, stream=stream)
+        done = torch.cuda.Event()
+        done.record(stream)
+        deadline = time.monotonic() + self.timeout_s
+        while not done.query():
+            if time.monotonic() > deadline:
+                self.close()  # ncclCommAbort (vLLM runs it in a thread of its own)
+                raise TimeoutError(f"NCCL broadcast of a {tuple(tensor.shape)} tensor from rank "
+                                   f"{src} did not finish within {self.timeout_s:g} s "
+                                   "(rollout.sync_timeout_s); the sync group is aborted")
+            time.sleep(0.0005)
 
     def close(self) -> None:
         destroy = getattr(self._comm, "destroy", None)  # older vLLM: freed with the object
@@ -331,13 +345,15 @@ class WeightPublisher:
         return publish(named, version, bucket_bytes, use_ray=True) if self.rank == 0 else None
 
     # The broadcast transport (`BroadcastSender`): rank 0 sends.
-    def init_sync_group(self, host: str, port: int, world: int, backend: str) -> None:
+    def init_sync_group(self, host: str, port: int, world: int, backend: str,
+                        timeout_s: float = 300.0) -> None:
         """Rank 0 hosts the sync group's rendezvous at host:port and joins as its
         sender (blocks until all `world` ranks have joined); a group built
-        before is closed first. Other ranks have no part in it."""
+        before is closed first. Other ranks have no part in it. A broadcast
+        that outlives `timeout_s` raises (rollout.sync_timeout_s)."""
         if self.rank == 0:
             self._close_sync_group()
-            self._sender = BroadcastSender(GROUPS.get(backend)(host, port, 0, world))
+            self._sender = BroadcastSender(GROUPS.get(backend)(host, port, 0, world, timeout_s))
 
     def stage_weights(self, version: int, bucket_bytes: int = 256 << 20,
                       dtype: str | None = None) -> WeightUpdate | None:

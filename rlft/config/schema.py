@@ -109,6 +109,10 @@ class RolloutConfig:
     enforce_eager: bool | None = doc(
         None, "vLLM only: run without CUDA graphs. None: CUDA graphs on GPUs (captured at "
         "start-up; faster decoding), eager on CPU.")
+    sync_timeout_s: float = doc(300.0, "Broadcast transport: a weight push that takes longer "
+                                "fails (its group is torn down), the rollout workers that did "
+                                "not finish are restarted and the push runs again over a new "
+                                "group.", lo=1.0)
     weight_transport: str = doc("auto", "How new weights reach the rollout engines. ray: "
                                 "through the Ray object store; broadcast: learner rank 0 "
                                 "broadcasts them to every engine worker over a sync group (NCCL "

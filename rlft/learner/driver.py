@@ -57,6 +57,9 @@ def term_names(loss_names: Sequence[str]) -> list[str]:
             for i, name in enumerate(loss_names)]
 
 
+HEADLINE = ("clip_frac", "kl", "updates")  # figures with a StepMetrics field of their own
+
+
 def headline(metrics: dict[str, float], names: Sequence[str], tokens: Sequence[int]
              ) -> dict[str, float]:
     """The step's `clip_frac` and `kl`: over every loss term that reports one

@@ -30,6 +30,10 @@ from rlft.workers.weight_sync import sync_ranks
 log = logging.getLogger("rlft")
 
 
+class SyncTimeout(RuntimeError):
+    """A weight push outlived `rollout.sync_timeout_s`; its hung workers are restarting."""
+
+
 class WeightPush:
     """The driver pushing each new policy version to the rollout workers (the
     transports themselves, groups and buckets, are workers/weight_sync.py).
@@ -38,10 +42,12 @@ class WeightPush:
     rollout worker, its tensor-parallel size."""
 
     def __init__(self, learners: Sequence[Any], rollout: Sequence[Any], backend: str | None,
-                 workers_per_engine: int = 1, dtype: str | None = None) -> None:
+                 workers_per_engine: int = 1, dtype: str | None = None,
+                 timeout_s: float = 300.0) -> None:
         self.learners, self.rollout = list(learners), list(rollout)
         self.backend, self.per_engine = backend, workers_per_engine
         self.dtype = dtype  # the engines' (broadcast: weights travel in it)
+        self.timeout_s = timeout_s  # rollout.sync_timeout_s: a push's bound
 
     @property
     def transport(self) -> str:
@@ -56,8 +62,9 @@ class WeightPush:
         world, firsts = sync_ranks([self.per_engine] * len(self.rollout))
         log.info("weight sync: %s broadcast group of %d ranks at %s:%d", self.backend, world,
                  host, port)
-        ray.get([self.learners[0].init_sync_group.remote(host, port, world, self.backend),
-                 *[w.init_sync_group.remote(host, port, rank, world, self.backend)
+        t = self.timeout_s
+        ray.get([self.learners[0].init_sync_group.remote(host, port, world, self.backend, t),
+                 *[w.init_sync_group.remote(host, port, rank, world, self.backend, t)
                    for w, rank in zip(self.rollout, firsts)]])
 
     def push(self, version: int, rejoin: bool = False) -> None:
@@ -74,5 +81,14 @@ class WeightPush:
                           for lrn in self.learners])[0]
         # Sender and receivers run together: each receiver posts the broadcasts
         # the metadata announces (and drains them if its load fails).
-        ray.get([self.learners[0].send_weights.remote(),
-                 *[w.load_weights.remote(update) for w in self.rollout]])
+        send = self.learners[0].send_weights.remote()
+        loads = [w.load_weights.remote(update) for w in self.rollout]
+        done, _ = ray.wait([send, *loads], num_returns=len(loads) + 1, timeout=self.timeout_s)
+        if len(done) <= len(loads):  # a member hangs: the others' groups time out too
+            hung = [i for i, ref in enumerate(loads) if ref not in done]
+            for i in hung:  # Ray restarts them (ray.max_restarts); the loop rejoins them
+                ray.kill(self.rollout[i], no_restart=False)
+            raise SyncTimeout(f"the weight push of version {version} did not finish within "
+                              f"rollout.sync_timeout_s={self.timeout_s:g} s (rollout workers "
+                              f"{hung} had not loaded it; restarting them)")
+        ray.get([send, *loads])  # raises what a member raised

@@ -1,7 +1,10 @@
 """Bucketing, versioned updates (inline, through Ray, and broadcast over a
 sync group), and an engine that takes another model's weights."""
 
+import os
+import signal
 import socket
+import time
 import types
 
 import pytest
@@ -259,3 +262,36 @@ def _broadcast_pair(rank, port, model_path, queue):
 def test_broadcast_over_gloo_into_a_rollout_worker(tiny_model_path):
     queue = mp.get_context("spawn").SimpleQueue()
     mp.spawn(_broadcast_pair, args=(free_port(), tiny_model_path, queue), nprocs=2)
+
+
+def _hung_member(port, ready, joined):
+    """Joins the group as rank 1, then stops: alive, its sockets open, never receiving
+    (a rollout worker stuck mid-push; a dead one's closed sockets fail at once)."""
+    ready.set()  # imports done: it joins within moments of rank 0
+    GROUPS.get("gloo")("127.0.0.1", port, 1, 2, timeout_s=60)
+    joined.set()
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def test_a_push_to_a_hung_member_fails_within_the_sync_timeout(tiny_model_path):
+    """rollout.sync_timeout_s bounds learner rank 0's broadcast (it waited 600 s before)."""
+    from rlft.workers.learner import Learner, LearnerParams
+
+    ctx, port = mp.get_context("spawn"), free_port()
+    ready, joined = ctx.Event(), ctx.Event()
+    member = ctx.Process(target=_hung_member, args=(port, ready, joined), daemon=True)
+    member.start()
+    learner = Learner(tiny_model_path, LearnerParams())
+    try:
+        assert ready.wait(120)
+        learner.init_sync_group("127.0.0.1", port, 2, "gloo", timeout_s=3.0)
+        assert joined.wait(60)
+        learner.stage_weights(version=1, bucket_bytes=64 << 20)  # more than a socket buffers
+        start = time.monotonic()
+        with pytest.raises(RuntimeError):
+            learner.send_weights()
+        assert time.monotonic() - start < 3.0 + 15.0
+    finally:
+        member.kill()
+        member.join()
+        learner.shutdown()
