@@ -36,7 +36,7 @@ def test_plan_micro_batches_against_loop():
             assert len(rows) == 1 or len(rows) * mb.cols <= budget
 
 
-def test_rows_mask_hand_worked():
+def test_loss_mask_rows_hand_worked():
     resp = torch.tensor([[0, 1, 1], [0, 0, 1], [0, 1, 0]], dtype=torch.bool)
     batch = TrainBatch(torch.zeros(3, 3, dtype=torch.long), torch.ones(3, 3, dtype=torch.bool),
                        resp, torch.zeros(3, 3), torch.arange(3), 0,
