@@ -386,6 +386,7 @@ class TrainingLoop:
             tokens_per_s=float(lengths.sum()) / max(total, 1e-9), stage_seconds=dict(seconds),
             reward_components=comps, reward_failures=scored.failures,
             extra={"lr": stats.lr, "updates_per_step": stats.metrics.get("updates", 1.0),
+                   "sync/verified": float(self.weights.verify),  # fingerprints checked
                    # each loss term's figures (<term>/clip_frac, ...) and mismatch/*
                    **{k: v for k, v in stats.metrics.items() if k not in HEADLINE},
                    **flat_group_metrics(scored),  # groups that scored alike

@@ -282,7 +282,7 @@ class VLLMEngine:
         """Load an "nccl" update: every worker receives it from the sync group
         while learner rank 0 broadcasts (`BroadcastSender.send`)."""
         fields = {"version": update.version, "num_tensors": update.num_tensors,
-                  "transport": update.transport,
+                  "transport": update.transport, "fingerprint": update.fingerprint,
                   "buckets": [[list(m) for m in b] for b in update.buckets]}
         try:
             loaded = {n for names in self.llm.collective_rpc("rlft_receive_broadcast",

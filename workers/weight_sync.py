@@ -31,6 +31,7 @@ import torch
 
 from rlft.learner.distributed import bound_store
 from rlft.registry import Registry
+from rlft.workers.fingerprint import check_bucket, check_complete, fingerprints
 
 Named = tuple[str, torch.Tensor]
 Meta = tuple[str, list[int], str]  # (name, shape, dtype name) of one broadcast tensor
@@ -190,6 +191,7 @@ class WeightUpdate:
     buckets: tuple[Any, ...]
     num_tensors: int  # checked on receipt, so a lost bucket cannot pass silently
     transport: str = "ray"
+    fingerprint: dict[str, float] | None = None  # name -> sent tensor's (workers/fingerprint.py)
 
     def __post_init__(self) -> None:
         if self.version < 0:
@@ -198,7 +200,7 @@ class WeightUpdate:
 
 
 def publish(named: Iterable[Named], version: int, bucket_bytes: int = 256 << 20,
-            use_ray: bool = True) -> WeightUpdate:
+            use_ray: bool = True, verify: bool = True) -> WeightUpdate:
     """Bucket `named` into an update for version `version`.
 
     With `use_ray` each bucket goes into the Ray object store as it is formed
@@ -207,9 +209,10 @@ def publish(named: Iterable[Named], version: int, bucket_bytes: int = 256 << 20,
     """
     transport = "ray" if use_ray else "inline"
     buckets: list[Any] = []
-    count = 0
+    count, sums = 0, {}
     for bucket in bucketize(((n, t.detach().cpu()) for n, t in named), bucket_bytes):
         count += len(bucket)
+        sums.update(fingerprints(bucket) if verify else {})
         if use_ray:
             import ray
 
@@ -217,21 +220,25 @@ def publish(named: Iterable[Named], version: int, bucket_bytes: int = 256 << 20,
         else:
             buckets.append(bucket)
     return WeightUpdate(version=version, buckets=tuple(buckets), num_tensors=count,
-                        transport=transport)
+                        transport=transport, fingerprint=sums if verify else None)
 
 
 def iter_buckets(update: WeightUpdate, group: SyncGroup | None = None) -> Iterator[list[Named]]:
     """Every bucket of the update as a (name, tensor) list, fetched one at a
     time; `group`: the receiver's sync group, for "nccl" updates."""
     receive = TRANSPORTS.get(update.transport)
-    count = 0
+    count, seen, sums = 0, set(), update.fingerprint
     for i, stored in enumerate(update.buckets):
         bucket = receive(stored, group)
         if not isinstance(bucket, list):
             raise TypeError(f"weight update v{update.version}: bucket {i} holds "
                             f"{type(bucket).__name__}, expected a list of (name, tensor)")
         count += len(bucket)
+        if sums is not None:  # rollout.verify_sync: before the engine loads a byte of it
+            check_bucket(sums, bucket, update.version, seen)
         yield bucket
+    if sums is not None:
+        check_complete(sums, seen, update.version)
     if count != update.num_tensors:
         raise ValueError(f"weight update v{update.version} carried {count} tensors but "
                          f"announced {update.num_tensors}: a bucket was lost or altered")
@@ -298,7 +305,7 @@ class BroadcastSender:
         self._staged: list[list[Named]] | None = None
 
     def stage(self, named: Iterable[Named], version: int, bucket_bytes: int = 256 << 20,
-              dtype: str | None = None) -> WeightUpdate:
+              dtype: str | None = None, verify: bool = True) -> WeightUpdate:
         """Keep the tensors where they are (host memory, from the learner's
         gather), floating ones cast to `dtype` (the engines'; None: as they are),
         and return the metadata-only update."""
@@ -310,7 +317,9 @@ class BroadcastSender:
         meta = tuple([(n, list(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in b]
                      for b in buckets)
         return WeightUpdate(version=version, buckets=meta,
-                            num_tensors=sum(len(b) for b in buckets), transport="nccl")
+                            num_tensors=sum(len(b) for b in buckets), transport="nccl",
+                            fingerprint=fingerprints(x for b in buckets for x in b)
+                            if verify else None)
 
     def send(self) -> int:
         """Broadcast the staged tensors in the update's order, one bucket at a
@@ -339,10 +348,11 @@ class WeightPublisher:
     rank: int
     _sender: BroadcastSender | None
 
-    def weight_update(self, version: int, bucket_bytes: int = 256 << 20):
-        """Publish the weights for the rollout engines (rank 0's result counts). Collective."""
+    def weight_update(self, version: int, bucket_bytes: int = 256 << 20, verify: bool = True):
+        """Publish the weights for the rollout engines (rank 0's result counts), with
+        their fingerprints when `verify`. Collective."""
         named = list(self.named_weights())
-        return publish(named, version, bucket_bytes, use_ray=True) if self.rank == 0 else None
+        return publish(named, version, bucket_bytes, True, verify) if self.rank == 0 else None
 
     # The broadcast transport (`BroadcastSender`): rank 0 sends.
     def init_sync_group(self, host: str, port: int, world: int, backend: str,
@@ -356,7 +366,7 @@ class WeightPublisher:
             self._sender = BroadcastSender(GROUPS.get(backend)(host, port, 0, world, timeout_s))
 
     def stage_weights(self, version: int, bucket_bytes: int = 256 << 20,
-                      dtype: str | None = None) -> WeightUpdate | None:
+                      dtype: str | None = None, verify: bool = True) -> WeightUpdate | None:
         """Gather the weights for `send_weights`, cast to the engines' `dtype`;
         rank 0 returns the metadata-only update for the rollout workers, others
         None. Collective. Gathered to host memory one tensor at a time (never
@@ -365,7 +375,7 @@ class WeightPublisher:
         named = list(self.named_weights(cpu=True))
         if self.rank != 0:
             return None
-        return self._sync_sender().stage(named, version, bucket_bytes, dtype)
+        return self._sync_sender().stage(named, version, bucket_bytes, dtype, verify)
 
     def send_weights(self) -> int:
         """Rank 0 broadcasts the staged weights (while every engine worker

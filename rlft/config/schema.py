@@ -113,6 +113,10 @@ class RolloutConfig:
                                 "fails (its group is torn down), the rollout workers that did "
                                 "not finish are restarted and the push runs again over a new "
                                 "group.", lo=1.0)
+    verify_sync: bool = doc(True, "Every weight sync checked end to end: each receiver "
+                            "compares a fingerprint of every tensor that arrives with the "
+                            "learner's (workers/fingerprint.py) and the run stops on a "
+                            "difference, a missing tensor or a stale version.")
     weight_transport: str = doc("auto", "How new weights reach the rollout engines. ray: "
                                 "through the Ray object store; broadcast: learner rank 0 "
                                 "broadcasts them to every engine worker over a sync group (NCCL "

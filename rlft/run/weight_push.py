@@ -43,11 +43,12 @@ class WeightPush:
 
     def __init__(self, learners: Sequence[Any], rollout: Sequence[Any], backend: str | None,
                  workers_per_engine: int = 1, dtype: str | None = None,
-                 timeout_s: float = 300.0) -> None:
+                 timeout_s: float = 300.0, verify: bool = True) -> None:
         self.learners, self.rollout = list(learners), list(rollout)
         self.backend, self.per_engine = backend, workers_per_engine
         self.dtype = dtype  # the engines' (broadcast: weights travel in it)
         self.timeout_s = timeout_s  # rollout.sync_timeout_s: a push's bound
+        self.verify = verify  # rollout.verify_sync: fingerprints checked by every receiver
 
     @property
     def transport(self) -> str:
@@ -72,12 +73,13 @@ class WeightPush:
         rollout worker. Gathering full weights is collective: every learner rank
         takes part, rank 0's result is the update."""
         if self.backend is None:
-            update = ray.get([lrn.weight_update.remote(version) for lrn in self.learners])[0]
-            ray.get([w.load_weights.remote(update) for w in self.rollout])
+            update = ray.get([lrn.weight_update.remote(version, verify=self.verify)
+                              for lrn in self.learners])[0]
+            self._adopted(version, ray.get([w.load_weights.remote(update) for w in self.rollout]))
             return
         if rejoin:
             self.connect()
-        update = ray.get([lrn.stage_weights.remote(version, dtype=self.dtype)
+        update = ray.get([lrn.stage_weights.remote(version, dtype=self.dtype, verify=self.verify)
                           for lrn in self.learners])[0]
         # Sender and receivers run together: each receiver posts the broadcasts
         # the metadata announces (and drains them if its load fails).
@@ -91,4 +93,13 @@ class WeightPush:
             raise SyncTimeout(f"the weight push of version {version} did not finish within "
                               f"rollout.sync_timeout_s={self.timeout_s:g} s (rollout workers "
                               f"{hung} had not loaded it; restarting them)")
-        ray.get([send, *loads])  # raises what a member raised
+        self._adopted(version, ray.get([send, *loads])[1:])  # raises what a member raised
+
+    @staticmethod
+    def _adopted(version: int, versions: Sequence[int]) -> None:
+        """Every rollout worker now claims the version pushed (a stale one stops the run)."""
+        stale = {i: v for i, v in enumerate(versions) if v != version}
+        if stale:
+            raise RuntimeError(f"weight sync: rollout workers {sorted(stale)} report policy "
+                               f"versions {sorted(set(stale.values()))} after version "
+                               f"{version} was pushed to them")

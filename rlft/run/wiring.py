@@ -165,7 +165,8 @@ def build_weight_sync(cfg: Config, pools: Pools) -> WeightPush:
     backend = weight_transport(cfg, gpus)
     per_engine = gpus_per_engine(cfg, engine_name(cfg))
     sync = WeightPush(pools.learners, pools.rollout, backend, per_engine,
-                      rollout_dtype(cfg, bool(gpus)), cfg.rollout.sync_timeout_s)
+                      rollout_dtype(cfg, bool(gpus)), cfg.rollout.sync_timeout_s,
+                      cfg.rollout.verify_sync)
     sync.connect()
     return sync
 

@@ -1,6 +1,7 @@
 """Bucketing, versioned updates (inline, through Ray, and broadcast over a
 sync group), and an engine that takes another model's weights."""
 
+import dataclasses
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ from transformers import LlamaForCausalLM
 
 from rlft.models import load_tokenizer, tiny_model_config
 from rlft.registry import RegistryError
+from rlft.run.weight_push import WeightPush
 from rlft.types import Prompt, PromptBatch
 from rlft.workers.rollout import HFEngine, RolloutWorker, SamplingParams
 from rlft.workers.weight_sync import (
@@ -94,6 +96,33 @@ def test_inline_update_round_trips_and_counts():
         WeightUpdate(version=1, buckets=(), num_tensors=0, transport="smoke-signals")
     with pytest.raises(ValueError, match="version"):
         WeightUpdate(version=-1, buckets=(), num_tensors=0, transport="inline")
+
+
+def test_every_sync_is_verified_tensor_by_tensor():
+    """rollout.verify_sync (workers/fingerprint.py): what arrives is what was sent."""
+    items = named(3, 1, 4, 1, 5)
+    update = publish(items, version=4, bucket_bytes=16, use_ray=False)
+    assert set(update.fingerprint) == {"a", "b", "c", "d", "e"}
+    assert len(list(iter_update(update))) == 5  # intact: passes
+    corrupt = dataclasses.replace(update, buckets=tuple(
+        [(n, t.clone()) for n, t in b] for b in update.buckets))
+    corrupt.buckets[1][0][1][2] += 1e-3  # one element of "c", in transit
+    with pytest.raises(ValueError, match="version 4: tensor 'c' arrived different"):
+        list(iter_update(corrupt))
+    # A sender that skips a tensor and counts what it sent: the count agrees, the names not.
+    skipped = dataclasses.replace(update, buckets=update.buckets[:-1], num_tensors=4)
+    with pytest.raises(ValueError, match="1 tensor.* never arrived .*e"):
+        list(iter_update(skipped))
+    extra = dataclasses.replace(update, buckets=(*update.buckets, [("z", torch.ones(1))]),
+                                num_tensors=6)
+    with pytest.raises(ValueError, match="'z' arrived but the learner did not send it"):
+        list(iter_update(extra))
+    # A worker that reports another version than the one pushed stops the run.
+    with pytest.raises(RuntimeError, match=r"rollout workers \[1\] report policy versions \[3\]"):
+        WeightPush._adopted(4, [4, 3])
+    # Off (rollout.verify_sync=false): no fingerprints travel, nothing is checked.
+    unchecked = publish(items, version=4, bucket_bytes=16, use_ray=False, verify=False)
+    assert unchecked.fingerprint is None
 
 
 def other_model(tok, seed):
