@@ -18,7 +18,7 @@ give bit-equal fingerprints on any device.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
@@ -65,3 +65,23 @@ def check_complete(expected: Mapping[str, float], seen: set[str], version: int) 
     if missing:
         raise ValueError(f"weight sync of version {version}: {len(missing)} tensor(s) the "
                          f"learner sent never arrived (e.g. {', '.join(missing[:3])})")
+
+
+def verified(buckets: Iterator[list], expected: Mapping[str, float], version: int
+             ) -> Iterator[list]:
+    """`buckets` as they arrive, each checked before it is handed on. After a bad
+    one nothing more is handed on, but the rest is still received (a
+    broadcasting sender waits for every receive), then the error is raised."""
+    seen: set[str] = set()
+    bad: ValueError | None = None
+    for bucket in buckets:
+        if bad is None:
+            try:
+                check_bucket(expected, bucket, version, seen)
+            except ValueError as exc:
+                bad = exc
+        if bad is None:
+            yield bucket
+    if bad is not None:
+        raise bad
+    check_complete(expected, seen, version)

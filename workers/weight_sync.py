@@ -31,7 +31,7 @@ import torch
 
 from rlft.learner.distributed import bound_store
 from rlft.registry import Registry
-from rlft.workers.fingerprint import check_bucket, check_complete, fingerprints
+from rlft.workers.fingerprint import fingerprints, verified
 
 Named = tuple[str, torch.Tensor]
 Meta = tuple[str, list[int], str]  # (name, shape, dtype name) of one broadcast tensor
@@ -225,20 +225,25 @@ def publish(named: Iterable[Named], version: int, bucket_bytes: int = 256 << 20,
 
 def iter_buckets(update: WeightUpdate, group: SyncGroup | None = None) -> Iterator[list[Named]]:
     """Every bucket of the update as a (name, tensor) list, fetched one at a
-    time; `group`: the receiver's sync group, for "nccl" updates."""
+    time; `group`: the receiver's sync group, for "nccl" updates. With the
+    sender's fingerprints, each is checked before it is handed on
+    (rollout.verify_sync, workers/fingerprint.py `verified`)."""
+    received = _received(update, group)
+    if update.fingerprint is None:
+        return received
+    return verified(received, update.fingerprint, update.version)
+
+
+def _received(update: WeightUpdate, group: SyncGroup | None) -> Iterator[list[Named]]:
     receive = TRANSPORTS.get(update.transport)
-    count, seen, sums = 0, set(), update.fingerprint
+    count = 0
     for i, stored in enumerate(update.buckets):
         bucket = receive(stored, group)
         if not isinstance(bucket, list):
             raise TypeError(f"weight update v{update.version}: bucket {i} holds "
                             f"{type(bucket).__name__}, expected a list of (name, tensor)")
         count += len(bucket)
-        if sums is not None:  # rollout.verify_sync: before the engine loads a byte of it
-            check_bucket(sums, bucket, update.version, seen)
         yield bucket
-    if sums is not None:
-        check_complete(sums, seen, update.version)
     if count != update.num_tensors:
         raise ValueError(f"weight update v{update.version} carried {count} tensors but "
                          f"announced {update.num_tensors}: a bucket was lost or altered")

@@ -19,6 +19,7 @@ from rlft.models import load_tokenizer, tiny_model_config
 from rlft.registry import RegistryError
 from rlft.run.weight_push import WeightPush
 from rlft.types import Prompt, PromptBatch
+from rlft.workers.fingerprint import verified
 from rlft.workers.rollout import HFEngine, RolloutWorker, SamplingParams
 from rlft.workers.weight_sync import (
     GROUPS,
@@ -109,6 +110,13 @@ def test_every_sync_is_verified_tensor_by_tensor():
     corrupt.buckets[1][0][1][2] += 1e-3  # one element of "c", in transit
     with pytest.raises(ValueError, match="version 4: tensor 'c' arrived different"):
         list(iter_update(corrupt))
+    # After the bad bucket nothing is handed on, yet every bucket is still received.
+    received, handed = [], []
+    with pytest.raises(ValueError, match="'c' arrived different"):
+        for bucket in verified((received.append(b) or b for b in corrupt.buckets),
+                               update.fingerprint, 4):
+            handed.append(bucket)
+    assert (len(handed), len(received)) == (1, 4)
     # A sender that skips a tensor and counts what it sent: the count agrees, the names not.
     skipped = dataclasses.replace(update, buckets=update.buckets[:-1], num_tensors=4)
     with pytest.raises(ValueError, match="1 tensor.* never arrived .*e"):
