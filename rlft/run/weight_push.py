@@ -19,6 +19,7 @@ path, and the re-send itself goes over the new group.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -85,9 +86,14 @@ class WeightPush:
         # the metadata announces (and drains them if its load fails).
         send = self.learners[0].send_weights.remote()
         loads = [w.load_weights.remote(update) for w in self.rollout]
-        done, _ = ray.wait([send, *loads], num_returns=len(loads) + 1, timeout=self.timeout_s)
-        if len(done) <= len(loads):  # a member hangs: the others' groups time out too
-            hung = [i for i, ref in enumerate(loads) if ref not in done]
+        pending, deadline = [send, *loads], time.monotonic() + self.timeout_s
+        while pending:  # the first failure is raised at once (a lost worker: the loop rejoins)
+            done, pending = ray.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+            if not done:
+                break
+            ray.get(done)
+        if pending:  # a member hangs: the others' groups time out too
+            hung = [i for i, ref in enumerate(loads) if ref in pending]
             for i in hung:  # Ray restarts them (ray.max_restarts); the loop rejoins them
                 ray.kill(self.rollout[i], no_restart=False)
             raise SyncTimeout(f"the weight push of version {version} did not finish within "
