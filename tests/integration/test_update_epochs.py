@@ -74,7 +74,7 @@ def test_four_updates_per_step_over_whole_groups_with_the_clip_binding(tmp_path,
             for mb in epoch:
                 assert len(set(mb.group_id.tolist())) == 2
                 assert all(sizes[g] == n for g, n in Counter(mb.group_id.tolist()).items())
-                assert mb.old_logprobs is not None and mb.values is not None
+                assert mb.old_logprobs is not None and mb.old_values is not None
         clip = [st.metrics["clip_frac"] for _, st in step]
         # The first update starts at the sampling policy: ratio 1, nothing clipped.
         assert clip[0] == 0.0
